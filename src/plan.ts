@@ -1,0 +1,63 @@
+/**
+ * A plan is the list of file-system steps that makes one queue operation
+ * durable. The facade builds it; a backend (native addon or node:fs) runs
+ * it from start to end without returning to the caller between steps.
+ *
+ * On the first failing step the backend stops, undoes what the plan
+ * created (tmp files it wrote, names it linked into place) and rejects with
+ * the error of the failing step. Undo is best effort; its own errors are
+ * ignored because the original error is the one the caller must see.
+ */
+
+/** Create `path` (O_EXCL, O_NOFOLLOW, 0600), write every buffer, sync, close. */
+export interface WriteTmpStep {
+  op: 'write_tmp';
+  path: string;
+  bufs: Buffer[];
+}
+
+/**
+ * Give `from` the new name `to` without ever replacing an existing file
+ * (link, which fails with EEXIST), then unlink `from`.
+ */
+export interface PublishStep {
+  op: 'publish';
+  from: string;
+  to: string;
+}
+
+/** Atomically replace `to` with `from` (rename). */
+export interface ReplaceStep {
+  op: 'replace';
+  from: string;
+  to: string;
+}
+
+/** Unlink `path`; a missing file is not an error when `missingOk`. */
+export interface UnlinkStep {
+  op: 'unlink';
+  path: string;
+  missingOk: boolean;
+}
+
+/** Open the directory `path`, fsync it, close it. */
+export interface SyncDirStep {
+  op: 'sync_dir';
+  path: string;
+}
+
+export type Step =
+  | WriteTmpStep
+  | PublishStep
+  | ReplaceStep
+  | UnlinkStep
+  | SyncDirStep;
+
+/** What both backends provide. */
+export interface Backend {
+  readonly name: 'native' | 'js';
+  /** Run the steps in order; see the module comment for failure rules. */
+  run(steps: Step[]): Promise<void>;
+  /** Read whole files; a missing file gives its error in place. */
+  readFiles(paths: string[]): Promise<(Buffer | NodeJS.ErrnoException)[]>;
+}

@@ -1,0 +1,848 @@
+/**
+ * DiskStorage: slimta's queue storage, one envelope file written once and
+ * one small meta file replaced atomically on every update.
+ *
+ * This module owns the protocol: which files a call writes, in which order,
+ * and what it syncs before the call resolves. The backends only execute the
+ * plans built here, so both do exactly the same steps.
+ */
+
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { debuglog } from 'node:util';
+
+import type { Envelope } from './envelope';
+import {
+  ClosedError,
+  CorruptError,
+  CrossDeviceError,
+  ExitingError,
+  InvalidArgumentError,
+  InvalidIdError,
+  NotFoundError,
+  QueueError,
+  classifyOsError,
+} from './errors';
+import {
+  ID_PATTERN,
+  decodeEnvelope,
+  decodeMeta,
+  encodeEnvelope,
+  encodeMeta,
+  sizeOf,
+  type Meta,
+} from './format';
+import { JsBackend } from './js-backend';
+import { loadNative, nativeLoadError } from './native';
+import type { Backend, Step } from './plan';
+
+const debug = debuglog('slimta');
+
+export interface DiskStorageOptions {
+  /**
+   * `'native'` (default) runs each plan in the C++ addon; `'js'` uses
+   * node:fs/promises. When the addon cannot load, `'native'` falls back to
+   * `'js'` with a process warning.
+   */
+  io?: 'native' | 'js';
+  /**
+   * A file with no partner younger than this (milliseconds, default 60 s)
+   * may belong to a write still in flight, in this or another process, and
+   * is left alone by load(). Older ones are quarantined.
+   */
+  graceMs?: number;
+  /** Where load() moves damaged files. Default `<metaDir>/.quarantine`. */
+  quarantineDir?: string;
+  /**
+   * Never create, clean or quarantine anything: for inspecting a queue that
+   * another process owns. Writes and updates reject.
+   */
+  readOnly?: boolean;
+  /**
+   * The most plans this store runs at once; the rest wait in JS. Each plan
+   * holds a libuv thread-pool thread while a sync runs, and the pool is
+   * shared with dns.lookup, fs and crypto. Default: the pool size less one
+   * (UV_THREADPOOL_SIZE, 4 unless set), at least 1.
+   */
+  maxInFlight?: number;
+}
+
+/** What load() reports when it sets a damaged message aside. */
+export interface QuarantineReport {
+  id: string;
+  reason: string;
+  /** Where each file went: [from, to]. Empty in read-only mode. */
+  moved: [string, string][];
+}
+
+/** What getInfo() returns. */
+export interface QueueInfo {
+  /** Messages in the queue (meta files). */
+  size: number;
+  /** Files in the tmp directory: writes in flight or stale leftovers. */
+  tmpFiles: number;
+  /** Files set aside in the quarantine directory. */
+  quarantined: number;
+  /** The backend in use. */
+  io: 'native' | 'js';
+}
+
+const ENV_SUFFIX = '.env';
+const META_SUFFIX = '.meta';
+const TMP_PATTERN = /^([0-9a-f]{32})\.(env|meta)\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+const LOAD_BATCH = 256;
+const MAX_ATTEMPTS = 0xffffffff;
+
+let warnedFallback = false;
+
+function chooseBackend(io: 'native' | 'js'): Backend {
+  if (io === 'js') return new JsBackend();
+  const native = loadNative();
+  if (native) return native;
+  if (!warnedFallback) {
+    warnedFallback = true;
+    process.emitWarning(
+      'slimta-diskstorage: the native addon did not load ' +
+        `(${nativeLoadError()?.message ?? 'unknown error'}); ` +
+        'using the pure-JS backend',
+      { code: 'SLIMTA_NATIVE_FALLBACK' },
+    );
+  }
+  return new JsBackend();
+}
+
+/** Tmp files of plans running in this thread, which cleanup must spare. */
+const liveTmpFiles = new Set<string>();
+
+/** A counting semaphore that hands out slots in call order. */
+class Limiter {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(private readonly limit: number) {}
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.active >= this.limit) {
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    } else {
+      this.active++;
+    }
+    try {
+      return await task();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.active--;
+    }
+  }
+}
+
+/**
+ * Durable queue storage in three directories on one filesystem.
+ *
+ * Every call resolves only once its effect would survive a crash or a
+ * power cut; see the README for the exact guarantees.
+ *
+ * Events: `'quarantine'` with a {@link QuarantineReport} when load() sets
+ * a damaged message aside.
+ */
+export class DiskStorage extends EventEmitter {
+  readonly envDir: string;
+  readonly metaDir: string;
+  readonly tmpDir: string;
+  readonly quarantineDir: string;
+  readonly readOnly: boolean;
+
+  private readonly backend: Backend;
+  private readonly graceMs: number;
+  private readonly limiter: Limiter;
+  private readonly perId = new Map<string, Promise<unknown>>();
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private ready: Promise<void> | null = null;
+  private closed = false;
+
+  /**
+   * @param envDir  where envelope files live (created 0700 when missing)
+   * @param metaDir where meta files live; may equal envDir
+   * @param tmpDir  scratch space on the same filesystem; default
+   *                `<envDir>/.tmp`, never the system temp directory
+   */
+  constructor(
+    envDir: string,
+    metaDir: string,
+    tmpDir?: string | null,
+    options: DiskStorageOptions = {},
+  ) {
+    super();
+    for (const [name, dir] of [
+      ['envDir', envDir],
+      ['metaDir', metaDir],
+    ] as const) {
+      if (typeof dir !== 'string' || dir === '') {
+        throw new InvalidArgumentError(`${name} must be a non-empty string`);
+      }
+    }
+    if (tmpDir != null && (typeof tmpDir !== 'string' || tmpDir === '')) {
+      throw new InvalidArgumentError('tmpDir must be a non-empty string');
+    }
+    const io = options.io ?? 'native';
+    if (io !== 'native' && io !== 'js') {
+      throw new InvalidArgumentError("options.io must be 'native' or 'js'");
+    }
+    const graceMs = options.graceMs ?? 60_000;
+    if (!Number.isFinite(graceMs) || graceMs < 0) {
+      throw new InvalidArgumentError('options.graceMs must be >= 0');
+    }
+    const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+    const maxInFlight = options.maxInFlight ?? Math.max(1, pool - 1);
+    if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
+      throw new InvalidArgumentError(
+        'options.maxInFlight must be a positive integer',
+      );
+    }
+
+    this.envDir = path.resolve(envDir);
+    this.metaDir = path.resolve(metaDir);
+    this.tmpDir = path.resolve(tmpDir ?? path.join(this.envDir, '.tmp'));
+    this.quarantineDir = path.resolve(
+      options.quarantineDir ?? path.join(this.metaDir, '.quarantine'),
+    );
+    this.readOnly = options.readOnly ?? false;
+    this.graceMs = graceMs;
+    this.limiter = new Limiter(maxInFlight);
+    this.backend = chooseBackend(io);
+  }
+
+  /** The backend actually in use (after any fallback). */
+  get io(): 'native' | 'js' {
+    return this.backend.name;
+  }
+
+  /**
+   * Writes a new message and resolves with its id (32 lowercase hex
+   * characters) once the envelope and its meta file are durable.
+   *
+   * @param timestamp next delivery attempt, Unix seconds
+   */
+  write(envelope: Envelope, timestamp: number): Promise<string> {
+    return this.call(async () => {
+      checkTimestamp(timestamp);
+      this.checkWritable();
+      // Encode before anything touches the disk: a refused envelope writes
+      // nothing, and the copies taken here free the caller's Buffers.
+      const id = newId();
+      const envBufs = encodeEnvelope(id, envelope);
+      const meta: Meta = {
+        id,
+        timestamp,
+        attempts: 0,
+        recipientCount: envelope.recipients.length,
+        delivered: [],
+        envSize: sizeOf(envBufs),
+      };
+      await this.init();
+      await this.runPlan(this.writePlan(id, envBufs, meta));
+      debug('wrote %s (%d bytes)', id, meta.envSize);
+      return id;
+    });
+  }
+
+  /** Sets the time of the next delivery attempt (Unix seconds). */
+  setTimestamp(id: string, timestamp: number): Promise<void> {
+    return this.update(id, () => checkTimestamp(timestamp), (meta) => {
+      meta.timestamp = timestamp;
+      return true;
+    }).then(() => undefined);
+  }
+
+  /** Adds one delivery attempt and resolves with the new count. */
+  incrementAttempts(id: string): Promise<number> {
+    return this.update(id, null, (meta) => {
+      meta.attempts = Math.min(meta.attempts + 1, MAX_ATTEMPTS);
+      return true;
+    }).then((meta) => meta.attempts);
+  }
+
+  /**
+   * Marks recipients as delivered. Indexes are positions in the envelope's
+   * recipient list as first written; repeating one changes nothing.
+   */
+  setRecipientsDelivered(id: string, rcptIndexes: number[]): Promise<void> {
+    return this.update(
+      id,
+      () => {
+        if (!Array.isArray(rcptIndexes)) {
+          throw new InvalidArgumentError('rcptIndexes must be an array');
+        }
+        for (const i of rcptIndexes) {
+          if (!Number.isSafeInteger(i) || i < 0) {
+            throw new InvalidArgumentError(
+              `recipient index ${String(i)} is not a non-negative integer`,
+            );
+          }
+        }
+      },
+      (meta) => {
+        const bad = rcptIndexes.find((i) => i >= meta.recipientCount);
+        if (bad !== undefined) {
+          throw new InvalidArgumentError(
+            `recipient index ${bad} is out of range: message ${id} has ` +
+              `${meta.recipientCount} recipients`,
+          );
+        }
+        const delivered = new Set(meta.delivered);
+        const before = delivered.size;
+        for (const i of rcptIndexes) delivered.add(i);
+        if (delivered.size === before) return false;
+        meta.delivered = [...delivered].sort((a, b) => a - b);
+        return true;
+      },
+    ).then(() => undefined);
+  }
+
+  /**
+   * Reads a message: the envelope without its delivered recipients, and
+   * the number of delivery attempts so far.
+   */
+  get(id: string): Promise<[Envelope, number]> {
+    return this.call(async () => {
+      checkId(id);
+      await this.init();
+      return this.serial(id, async () => {
+        const envPath = this.envPath(id);
+        const metaPath = this.metaPath(id);
+        const [envFile, metaFile] = await this.limiter.run(() =>
+          this.backend.readFiles([envPath, metaPath]),
+        );
+        const meta = decodeMeta(this.fileOrThrow(id, metaFile), id, metaPath);
+        if (isMissing(envFile)) {
+          throw new CorruptError(envPath, 'envelope file is missing', envFile);
+        }
+        const envelope = decodeEnvelope(
+          this.fileOrThrow(id, envFile),
+          id,
+          envPath,
+        );
+        if (envelope.recipients.length !== meta.recipientCount) {
+          throw new CorruptError(
+            envPath,
+            `has ${envelope.recipients.length} recipients, its meta file ` +
+              `says ${meta.recipientCount}`,
+          );
+        }
+        const delivered = new Set(meta.delivered);
+        envelope.recipients = envelope.recipients.filter(
+          (_, i) => !delivered.has(i),
+        );
+        return [envelope, meta.attempts] as [Envelope, number];
+      });
+    });
+  }
+
+  /**
+   * Removes a message. A message whose env or meta file is already gone is
+   * removed all the same; one with neither rejects with ERR_QUEUE_NOT_FOUND.
+   */
+  remove(id: string): Promise<void> {
+    return this.call(async () => {
+      checkId(id);
+      this.checkWritable();
+      await this.init();
+      await this.serial(id, async () => {
+        const exists = await Promise.all(
+          [this.metaPath(id), this.envPath(id)].map((p) =>
+            fs.lstat(p).then(
+              () => true,
+              (err: NodeJS.ErrnoException) => {
+                if (err.code === 'ENOENT') return false;
+                throw err;
+              },
+            ),
+          ),
+        );
+        if (!exists.includes(true)) throw new NotFoundError(id);
+        // The meta goes first: without it load() no longer yields the
+        // message, so a crash half-way leaves an orphan env, never a
+        // message that points at a missing envelope.
+        await this.runPlan([
+          { op: 'unlink', path: this.metaPath(id), missingOk: true },
+          { op: 'unlink', path: this.envPath(id), missingOk: true },
+          ...this.syncDirs(),
+        ]);
+        debug('removed %s', id);
+      });
+    });
+  }
+
+  /**
+   * Yields `[timestamp, id]` for every intact message. A damaged message
+   * is not yielded: it is moved to the quarantine directory and reported
+   * with a `'quarantine'` event. Stale tmp files of dead writers are
+   * removed. Never throws because one message is damaged.
+   */
+  async *load(): AsyncGenerator<[number, string]> {
+    this.checkOpen();
+    await this.init();
+    if (!this.readOnly) await this.cleanTmp();
+
+    for await (const batch of this.scan(this.metaDir, META_SUFFIX)) {
+      const metaPaths = batch.map((id) => this.metaPath(id));
+      const [files, envStats] = await Promise.all([
+        this.limiter.run(() => this.backend.readFiles(metaPaths)),
+        Promise.all(batch.map((id) => lstatOrError(this.envPath(id)))),
+      ]);
+      for (let i = 0; i < batch.length; i++) {
+        const found = await this.checkScanned(
+          batch[i],
+          files[i],
+          envStats[i],
+        );
+        if (found) yield [found.timestamp, found.id];
+      }
+    }
+
+    for await (const batch of this.scan(this.envDir, ENV_SUFFIX)) {
+      const metaStats = await Promise.all(
+        batch.map((id) => lstatOrError(this.metaPath(id))),
+      );
+      for (let i = 0; i < batch.length; i++) {
+        if (!isMissing(metaStats[i])) continue;
+        const envStat = await lstatOrError(this.envPath(batch[i]));
+        if (envStat instanceof Error || !this.pastGrace(envStat)) continue;
+        await this.quarantine(batch[i], 'meta file is missing', [
+          this.envPath(batch[i]),
+        ]);
+      }
+    }
+  }
+
+  /** Counts messages, tmp files and quarantined files. */
+  getInfo(): Promise<QueueInfo> {
+    return this.call(async () => {
+      await this.init();
+      let size = 0;
+      for await (const batch of this.scan(this.metaDir, META_SUFFIX)) {
+        size += batch.length;
+      }
+      return {
+        size,
+        tmpFiles: await countEntries(this.tmpDir),
+        quarantined: await countEntries(this.quarantineDir),
+        io: this.io,
+      };
+    });
+  }
+
+  /** Waits for every call in flight, then refuses new ones. */
+  async close(): Promise<void> {
+    this.closed = true;
+    while (this.inFlight.size > 0) {
+      await Promise.allSettled([...this.inFlight]);
+    }
+  }
+
+  // --- the protocol -----------------------------------------------------
+
+  /**
+   * A new message: both files are written and synced under tmp names,
+   * linked into place (never replacing anything), and only then are the
+   * directories synced, so that the new names survive a power cut. The env
+   * comes first, so a meta file always has its envelope.
+   */
+  private writePlan(id: string, envBufs: Buffer[], meta: Meta): Step[] {
+    const envTmp = this.tmpPath(id, 'env');
+    const metaTmp = this.tmpPath(id, 'meta');
+    return [
+      { op: 'write_tmp', path: envTmp, bufs: envBufs },
+      { op: 'write_tmp', path: metaTmp, bufs: [encodeMeta(meta)] },
+      { op: 'publish', from: envTmp, to: this.envPath(id) },
+      { op: 'publish', from: metaTmp, to: this.metaPath(id) },
+      ...this.syncDirs(),
+    ];
+  }
+
+  /**
+   * An update reads the meta, changes it, and replaces the file: a new one
+   * is written and synced under a tmp name, renamed over the old one, and
+   * the directory is synced so the rename itself is durable.
+   */
+  private update(
+    id: string,
+    validate: (() => void) | null,
+    change: (meta: Meta) => boolean,
+  ): Promise<Meta> {
+    return this.call(async () => {
+      checkId(id);
+      validate?.();
+      this.checkWritable();
+      await this.init();
+      return this.serial(id, async () => {
+        const metaPath = this.metaPath(id);
+        const [file] = await this.limiter.run(() =>
+          this.backend.readFiles([metaPath]),
+        );
+        const meta = decodeMeta(this.fileOrThrow(id, file), id, metaPath);
+        if (!change(meta)) return meta;
+        const tmp = this.tmpPath(id, 'meta');
+        await this.runPlan([
+          { op: 'write_tmp', path: tmp, bufs: [encodeMeta(meta)] },
+          { op: 'replace', from: tmp, to: metaPath },
+          { op: 'sync_dir', path: this.metaDir },
+        ]);
+        return meta;
+      });
+    });
+  }
+
+  private syncDirs(): Step[] {
+    const steps: Step[] = [{ op: 'sync_dir', path: this.envDir }];
+    if (this.metaDir !== this.envDir) {
+      steps.push({ op: 'sync_dir', path: this.metaDir });
+    }
+    return steps;
+  }
+
+  private async runPlan(steps: Step[]): Promise<void> {
+    const tmps = steps.flatMap((s) => (s.op === 'write_tmp' ? [s.path] : []));
+    for (const t of tmps) liveTmpFiles.add(t);
+    try {
+      await this.limiter.run(() => this.backend.run(steps));
+    } finally {
+      for (const t of tmps) liveTmpFiles.delete(t);
+    }
+  }
+
+  // --- recovery ---------------------------------------------------------
+
+  /**
+   * Decides what one scanned meta file is: an intact message (returned),
+   * damage (quarantined), or a pair still being written (left alone).
+   */
+  private async checkScanned(
+    id: string,
+    file: Buffer | NodeJS.ErrnoException,
+    envStat: import('node:fs').Stats | NodeJS.ErrnoException,
+  ): Promise<Meta | null> {
+    const metaPath = this.metaPath(id);
+    const envPath = this.envPath(id);
+    if (isMissing(file)) return null; // removed since the listing
+    if (file instanceof Error) {
+      debug('load: cannot read %s: %s', metaPath, file.message);
+      return null;
+    }
+    let meta: Meta;
+    try {
+      meta = decodeMeta(file, id, metaPath);
+    } catch (err) {
+      await this.quarantine(id, (err as Error).message, [metaPath, envPath]);
+      return null;
+    }
+    if (isMissing(envStat)) {
+      const metaStat = await lstatOrError(metaPath);
+      if (metaStat instanceof Error || !this.pastGrace(metaStat)) return null;
+      await this.quarantine(id, 'envelope file is missing', [metaPath]);
+      return null;
+    }
+    if (envStat instanceof Error) return null;
+    if (envStat.size !== meta.envSize) {
+      await this.quarantine(
+        id,
+        `envelope file has ${envStat.size} bytes, its meta says ` +
+          `${meta.envSize}`,
+        [metaPath, envPath],
+      );
+      return null;
+    }
+    return meta;
+  }
+
+  private pastGrace(stat: import('node:fs').Stats): boolean {
+    // ctime, not mtime: linking a finished tmp file into place updates
+    // ctime, so a write in flight always looks young.
+    return Date.now() - stat.ctimeMs > this.graceMs;
+  }
+
+  private async quarantine(
+    id: string,
+    reason: string,
+    paths: string[],
+  ): Promise<void> {
+    const report: QuarantineReport = { id, reason, moved: [] };
+    if (!this.readOnly) {
+      const stamp = Date.now();
+      for (const from of paths) {
+        const to = path.join(
+          this.quarantineDir,
+          `${path.basename(from)}.${stamp}`,
+        );
+        try {
+          await fs.rename(from, to);
+          report.moved.push([from, to]);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+            debug('quarantine: cannot move %s: %s', from, String(err));
+          }
+        }
+      }
+      await syncDirBestEffort(this.quarantineDir);
+    }
+    debug('quarantine %s: %s', id, reason);
+    this.emit('quarantine', report);
+  }
+
+  /** Removes tmp files whose writer is gone. */
+  private async cleanTmp(): Promise<void> {
+    let dir: import('node:fs').Dir;
+    try {
+      dir = await fs.opendir(this.tmpDir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw classifyOsError(err);
+    }
+    for await (const entry of dir) {
+      const match = TMP_PATTERN.exec(entry.name);
+      if (!match || !entry.isFile()) continue;
+      const file = path.join(this.tmpDir, entry.name);
+      const pid = Number(match[3]);
+      if (pid === process.pid) {
+        // Ours: spare it while a plan in this thread runs, and while it is
+        // young, since a worker thread of this process may be writing it.
+        if (liveTmpFiles.has(file)) continue;
+        const st = await lstatOrError(file);
+        if (st instanceof Error || !this.pastGrace(st)) continue;
+      } else if (processAlive(pid)) {
+        continue;
+      }
+      await fs.unlink(file).catch(() => undefined);
+      debug('load: removed stale tmp file %s', file);
+    }
+  }
+
+  /** Streams the ids of `suffix` files in `dir`, in batches. */
+  private async *scan(
+    dir: string,
+    suffix: string,
+  ): AsyncGenerator<string[]> {
+    let handle: import('node:fs').Dir;
+    try {
+      handle = await fs.opendir(dir, { bufferSize: LOAD_BATCH });
+    } catch (err) {
+      throw classifyOsError(err);
+    }
+    let batch: string[] = [];
+    for await (const entry of handle) {
+      // Dot-files, .nfs leftovers, subdirectories and anything else this
+      // library did not name are none of its business.
+      const name = entry.name;
+      if (!name.endsWith(suffix)) continue;
+      const id = name.slice(0, -suffix.length);
+      if (!ID_PATTERN.test(id) || !entry.isFile()) continue;
+      batch.push(id);
+      if (batch.length >= LOAD_BATCH) {
+        yield batch;
+        batch = [];
+      }
+    }
+    if (batch.length) yield batch;
+  }
+
+  // --- plumbing ---------------------------------------------------------
+
+  /**
+   * Runs one public call: refuses it when closed or exiting, tracks it for
+   * close(), and gives every OS error its `retryable` flag.
+   */
+  private call<T>(fn: () => Promise<T>): Promise<T> {
+    let promise: Promise<T>;
+    try {
+      this.checkOpen();
+      promise = fn();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const tracked = promise.catch((err: unknown) => {
+      throw err instanceof QueueError ? err : classifyOsError(err);
+    });
+    this.inFlight.add(tracked);
+    const untrack = () => this.inFlight.delete(tracked);
+    tracked.then(untrack, untrack);
+    return tracked;
+  }
+
+  /** Runs `fn` after every earlier call on the same id has settled. */
+  private serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.perId.get(id) ?? Promise.resolve();
+    const result = before.then(fn, fn);
+    const tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.perId.set(id, tail);
+    void tail.then(() => {
+      if (this.perId.get(id) === tail) this.perId.delete(id);
+    });
+    return result;
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new ClosedError();
+    if ((process as { _exiting?: boolean })._exiting) {
+      throw new ExitingError();
+    }
+  }
+
+  private checkWritable(): void {
+    if (this.readOnly) {
+      throw new InvalidArgumentError('this DiskStorage is read-only');
+    }
+  }
+
+  private fileOrThrow(
+    id: string,
+    file: Buffer | NodeJS.ErrnoException,
+  ): Buffer {
+    if (isMissing(file)) throw new NotFoundError(id, file);
+    if (file instanceof Error) throw file;
+    return file;
+  }
+
+  /**
+   * Creates missing directories (0700, parents synced so the new entries
+   * are durable) and checks that all of them share one filesystem. Runs
+   * once; a failure is reported to the call and tried again by the next.
+   */
+  private init(): Promise<void> {
+    if (!this.ready) {
+      this.ready = this.prepareDirs().catch((err: unknown) => {
+        this.ready = null;
+        throw err;
+      });
+    }
+    return this.ready;
+  }
+
+  private async prepareDirs(): Promise<void> {
+    const dirs = [this.envDir, this.metaDir, this.tmpDir];
+    if (!this.readOnly) {
+      // Quarantine moves files by rename, so it must be on the same
+      // filesystem too, and it exists before the first damage is found.
+      dirs.push(this.quarantineDir);
+      for (const dir of dirs) {
+        const first = await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+        if (first !== undefined) {
+          // mkdir made `first` and everything below it: sync each new
+          // directory's parent so the chain of names survives a power cut.
+          let made = dir;
+          while (made.length >= first.length) {
+            await syncDirBestEffort(path.dirname(made));
+            made = path.dirname(made);
+          }
+        }
+      }
+    }
+    const stats = await Promise.all(dirs.map((d) => fs.stat(d)));
+    stats.forEach((st, i) => {
+      if (!st.isDirectory()) {
+        const err = new Error(
+          `ENOTDIR: not a directory, scandir '${dirs[i]}'`,
+        ) as NodeJS.ErrnoException;
+        Object.assign(err, {
+          code: 'ENOTDIR',
+          syscall: 'scandir',
+          path: dirs[i],
+        });
+        throw err;
+      }
+    });
+    if (stats.some((st) => st.dev !== stats[0].dev)) {
+      throw new CrossDeviceError(
+        `the queue directories must be on one filesystem (a rename ` +
+          `cannot cross filesystems): ${dirs.join(', ')}`,
+      );
+    }
+  }
+
+  private envPath(id: string): string {
+    return path.join(this.envDir, id + ENV_SUFFIX);
+  }
+
+  private metaPath(id: string): string {
+    return path.join(this.metaDir, id + META_SUFFIX);
+  }
+
+  private tmpPath(id: string, kind: 'env' | 'meta'): string {
+    const nonce = randomBytes(4).toString('hex');
+    return path.join(this.tmpDir, `${id}.${kind}.${process.pid}.${nonce}.tmp`);
+  }
+}
+
+function newId(): string {
+  return randomBytes(16).toString('hex');
+}
+
+function checkId(id: unknown): asserts id is string {
+  if (typeof id !== 'string' || !ID_PATTERN.test(id)) {
+    throw new InvalidIdError(id);
+  }
+}
+
+function checkTimestamp(timestamp: unknown): void {
+  if (typeof timestamp !== 'number' || !Number.isFinite(timestamp)) {
+    throw new InvalidArgumentError(
+      `timestamp must be a finite number of seconds, not ${String(timestamp)}`,
+    );
+  }
+}
+
+function isMissing(value: unknown): value is NodeJS.ErrnoException {
+  return (
+    value instanceof Error &&
+    (value as NodeJS.ErrnoException).code === 'ENOENT'
+  );
+}
+
+async function lstatOrError(
+  file: string,
+): Promise<import('node:fs').Stats | NodeJS.ErrnoException> {
+  try {
+    return await fs.lstat(file);
+  } catch (err) {
+    return err as NodeJS.ErrnoException;
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function countEntries(dir: string): Promise<number> {
+  let n = 0;
+  try {
+    for await (const entry of await fs.opendir(dir)) {
+      if (!entry.name.startsWith('.')) n++;
+    }
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  return n;
+}
+
+async function syncDirBestEffort(dir: string): Promise<void> {
+  try {
+    const handle = await fs.open(dir, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  } catch (err) {
+    debug('cannot sync directory %s: %s', dir, String(err));
+  }
+}

@@ -1,0 +1,287 @@
+'use strict';
+// Every error path rejects promptly with a Node-style error (code, syscall,
+// path) or a QueueError, carries `retryable`, gives the same code from both
+// backends, and leaves nothing behind.
+
+const assert = require('node:assert/strict');
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const {
+  BACKENDS,
+  useTempDir,
+  lib,
+  makeEnvelope,
+  listDir,
+  openStore,
+  rejects,
+} = require('./helpers');
+
+const isRoot = process.getuid && process.getuid() === 0;
+
+const BAD_IDS = [
+  '../x',
+  '../../etc/passwd',
+  'a/b',
+  '/'.repeat(32),
+  'a'.repeat(31) + '/',
+  'a'.repeat(31) + '\0',
+  '',
+  'A'.repeat(32),
+  'a'.repeat(33),
+  'a'.repeat(31),
+  'g'.repeat(32),
+  'é'.repeat(32),
+  '0'.repeat(32) + '.env',
+  ' ' + '0'.repeat(31),
+  42,
+  null,
+  undefined,
+  {},
+];
+
+/** Describes an OS error by what must match across backends. */
+function osShape(err) {
+  return { code: err.code, syscall: err.syscall, retryable: err.retryable };
+}
+
+const seen = new Map();
+function sameAcrossBackends(name, io, err) {
+  const shape = osShape(err);
+  if (seen.has(name)) assert.deepEqual(shape, seen.get(name), `${name}: backends differ`);
+  else seen.set(name, shape);
+}
+
+for (const io of BACKENDS) {
+  describe(`DiskStorage errors (${io} backend)`, function () {
+    const tmp = useTempDir();
+    const dir = (name) => path.join(tmp(), name);
+    let store;
+    beforeEach(() => {
+      store = openStore(tmp(), io);
+    });
+    afterEach(() => store.close());
+
+    it('rejects invalid ids with ERR_QUEUE_INVALID_ID before touching a file', async function () {
+      await store.write(makeEnvelope(), 1);
+      const before = snapshot(tmp());
+      for (const id of BAD_IDS) {
+        for (const call of [
+          () => store.get(id),
+          () => store.remove(id),
+          () => store.setTimestamp(id, 1),
+          () => store.incrementAttempts(id),
+          () => store.setRecipientsDelivered(id, [0]),
+        ]) {
+          const err = await rejects(call());
+          assert.equal(err.code, 'ERR_QUEUE_INVALID_ID', JSON.stringify(id));
+          assert.ok(err instanceof lib().InvalidIdError);
+          assert.equal(err.retryable, false);
+        }
+      }
+      assert.deepEqual(snapshot(tmp()), before);
+    });
+
+    it('rejects with ENOENT when the queue directories were removed', async function () {
+      await store.write(makeEnvelope(), 1);
+      fs.rmSync(tmp(), { recursive: true });
+      const err = await rejects(store.write(makeEnvelope(), 1));
+      assert.equal(err.code, 'ENOENT');
+      assert.equal(typeof err.errno, 'number');
+      assert.equal(err.syscall, 'open');
+      assert.ok(err.path.startsWith(dir('tmp')), err.path);
+      assert.equal(err.retryable, false);
+      assert.match(err.message, /^ENOENT: no such file or directory, open '/);
+      sameAcrossBackends('ENOENT', io, err);
+    });
+
+    it('rejects with ENOTDIR when a queue directory is a file', async function () {
+      const file = path.join(tmp(), 'file');
+      fs.writeFileSync(file, 'x');
+      const s = openStore(file, io);
+      const err = await rejects(s.write(makeEnvelope(), 1));
+      assert.equal(err.code, 'ENOTDIR');
+      assert.equal(err.retryable, false);
+      assert.ok(typeof err.syscall === 'string' && typeof err.path === 'string');
+      sameAcrossBackends('ENOTDIR', io, err);
+    });
+
+    it('rejects an update with EISDIR when a directory stands at the final path', async function () {
+      const id = await store.write(makeEnvelope(), 1);
+      const meta = path.join(dir('meta'), `${id}.meta`);
+      const saved = fs.readFileSync(meta);
+      fs.unlinkSync(meta);
+      fs.mkdirSync(meta);
+      fs.writeFileSync(path.join(meta, 'x'), '');
+      // Reading the meta hits the directory first.
+      const err = await rejects(store.incrementAttempts(id));
+      assert.equal(err.code, 'EISDIR');
+      assert.equal(err.retryable, false);
+      sameAcrossBackends('EISDIR', io, err);
+      fs.rmSync(meta, { recursive: true });
+      fs.writeFileSync(meta, saved);
+      assert.equal(await store.incrementAttempts(id), 1);
+      assert.deepEqual(listDir(dir('tmp')), []);
+    });
+
+    it('rejects with ENAMETOOLONG for a directory name over the limit', async function () {
+      const s = openStore(path.join(tmp(), 'x'.repeat(300)), io);
+      const err = await rejects(s.write(makeEnvelope(), 1));
+      assert.equal(err.code, 'ENAMETOOLONG');
+      assert.equal(err.retryable, false);
+      sameAcrossBackends('ENAMETOOLONG', io, err);
+    });
+
+    it('rejects with EACCES for a user without permission (child as nobody)', async function () {
+      if (!isRoot) this.skip();
+      const root = dir('q');
+      const owner = openStore(root, io);
+      await owner.write(makeEnvelope(), 1);
+      await owner.close();
+      // Readable and searchable by everyone, writable by root only.
+      for (const d of [tmp(), root, ...['env', 'meta', 'tmp'].map((n) => path.join(root, n))]) {
+        fs.chmodSync(d, 0o755);
+      }
+      const out = execFileSync(process.execPath, [
+        '-e',
+        `
+        process.setgid(65534); process.setuid(65534);
+        const { DiskStorage, Envelope } = require(${JSON.stringify(path.resolve(__dirname, '..'))});
+        const q = ${JSON.stringify(root)};
+        const s = new DiskStorage(q + '/env', q + '/meta', q + '/tmp', { io: ${JSON.stringify(io)} });
+        const e = new Envelope({ sender: 'a@b', recipients: ['c@d'] });
+        e.parse(Buffer.from('A: b\\r\\n\\r\\nc'));
+        s.write(e, 1).then(
+          () => console.log('{"resolved":true}'),
+          (err) => console.log(JSON.stringify({ code: err.code, syscall: err.syscall, path: err.path, retryable: err.retryable })),
+        );
+        `,
+      ]);
+      const err = JSON.parse(out.toString());
+      assert.equal(err.code, 'EACCES');
+      assert.equal(err.retryable, false);
+      assert.equal(err.syscall, 'open');
+      assert.ok(err.path.startsWith(path.join(root, 'tmp')), err.path);
+      sameAcrossBackends('EACCES', io, err);
+    });
+
+    it('rejects with ERR_QUEUE_CROSS_DEVICE when tmpDir is on another filesystem', async function () {
+      const other = fs.mkdtempSync('/dev/shm/slimta-test-');
+      try {
+        if (fs.statSync(other).dev === fs.statSync(tmp()).dev) this.skip();
+        const { DiskStorage } = lib();
+        const s = new DiskStorage(dir('env'), dir('meta'), other, { io });
+        const err = await rejects(s.write(makeEnvelope(), 1));
+        assert.equal(err.code, 'ERR_QUEUE_CROSS_DEVICE');
+        assert.deepEqual(listDir(dir('env')), []);
+        assert.deepEqual(listDir(other), []);
+      } finally {
+        fs.rmSync(other, { recursive: true, force: true });
+      }
+    });
+
+    it('rejects with ENOSPC on a full disk, keeps earlier messages, and writes again once space is freed', async function () {
+      const mnt = mountTmpfs(this, '2m');
+      try {
+        const s = openStore(mnt, io);
+        const body = Buffer.alloc(256 * 1024, 0x61);
+        const ids = [];
+        let err;
+        for (let i = 0; i < 20 && !err; i++) {
+          try {
+            const raw = Buffer.concat([Buffer.from('A: b\r\n\r\n'), body]);
+            ids.push(await s.write(makeEnvelope({}, raw), i));
+          } catch (e) {
+            err = e;
+          }
+        }
+        assert.ok(err, 'the disk never filled');
+        assert.equal(err.code, 'ENOSPC');
+        assert.equal(err.retryable, true);
+        assert.equal(typeof err.syscall, 'string');
+        sameAcrossBackends('ENOSPC', io, err);
+        assert.deepEqual(listDir(path.join(mnt, 'tmp')), []);
+        assert.equal(listDir(path.join(mnt, 'env')).length, ids.length);
+        for (const id of ids) {
+          const [env] = await s.get(id);
+          assert.ok(env.message.equals(body));
+        }
+        await s.remove(ids[0]);
+        await s.remove(ids[1]);
+        const id = await s.write(makeEnvelope(), 99);
+        assert.equal((await s.get(id))[1], 0);
+        await s.close();
+      } finally {
+        execFileSync('umount', [mnt]);
+        fs.rmdirSync(mnt);
+      }
+    });
+
+    it('leaves memory, fds and active handles at baseline after 10,000 failing writes', async function () {
+      this.timeout(120000);
+      await store.write(makeEnvelope(), 1);
+      fs.rmSync(dir('tmp'), { recursive: true });
+      const env = makeEnvelope();
+      let unhandled = 0;
+      const onUnhandled = () => unhandled++;
+      process.on('unhandledRejection', onUnhandled);
+      const fail = async () => {
+        const results = await Promise.allSettled(
+          Array.from({ length: 100 }, () => store.write(env, 1)),
+        );
+        for (const r of results) {
+          assert.equal(r.status, 'rejected');
+          assert.equal(r.reason.code, 'ENOENT');
+        }
+      };
+      for (let i = 0; i < 10; i++) await fail(); // warm up
+      global.gc?.();
+      const fds0 = fs.readdirSync('/proc/self/fd').length;
+      const handles0 = process.getActiveResourcesInfo().length;
+      const heap0 = process.memoryUsage().heapUsed;
+      for (let i = 0; i < 100; i++) await fail();
+      await new Promise((r) => setImmediate(r));
+      global.gc?.();
+      assert.equal(fs.readdirSync('/proc/self/fd').length, fds0);
+      assert.ok(process.getActiveResourcesInfo().length <= handles0);
+      const growth = process.memoryUsage().heapUsed - heap0;
+      assert.ok(growth < 16 * 1024 * 1024, `heap grew by ${growth} bytes`);
+      process.off('unhandledRejection', onUnhandled);
+      assert.equal(unhandled, 0);
+    });
+  });
+}
+
+/** Every file under `root` with its size and mtime. */
+function snapshot(root) {
+  const out = {};
+  const walk = (d) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else {
+        const st = fs.statSync(p);
+        out[p] = `${st.size}:${st.mtimeMs}`;
+      }
+    }
+  };
+  walk(root);
+  return out;
+}
+
+/** A fresh tmpfs of `size`; skips the test when mounting is not allowed. */
+function mountTmpfs(test, size) {
+  const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'slimta-full-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', mnt], {
+      stdio: 'pipe',
+    });
+  } catch (err) {
+    fs.rmdirSync(mnt);
+    console.log(`    (skipped: cannot mount a tmpfs here: ${String(err.stderr || err.message).trim()})`);
+    test.skip();
+  }
+  return mnt;
+}

@@ -1,0 +1,142 @@
+'use strict';
+// Cases that need another process: a writer killed with SIGKILL, exit
+// and worker termination with writes in flight, worker threads writing
+// at once, Buffers reused right after write(), and the fallback to the
+// pure-JS backend when no native binary loads.
+
+const assert = require('node:assert/strict');
+const { spawn, spawnSync } = require('node:child_process');
+const path = require('node:path');
+
+const { BACKENDS, useTempDir, listDir, openStore } = require('./helpers');
+const { bodyFor } = require('./fixtures/writer-body');
+
+const FIXTURES = path.join(__dirname, 'fixtures');
+
+function runCase(root, io, which, extraArgs = []) {
+  const r = spawnSync(
+    process.execPath,
+    [...extraArgs, path.join(FIXTURES, 'exit-cases.js'), root, io, which],
+    { encoding: 'utf8', timeout: 60000 },
+  );
+  return r;
+}
+
+/** Reads every message; each must be whole. Returns the ids. */
+async function checkAllWhole(root, io) {
+  const store = openStore(root, io, { graceMs: 0 });
+  const ids = [];
+  for await (const [, id] of store.load()) {
+    const [env] = await store.get(id);
+    assert.match(env.headers.get('T') ?? env.headers.get('N') ?? env.headers.get('A'), /\S/);
+    ids.push(id);
+  }
+  await store.close();
+  return ids;
+}
+
+for (const io of BACKENDS) {
+  describe(`DiskStorage across processes (${io} backend)`, function () {
+    this.timeout(120000);
+    const tmp = useTempDir();
+
+    it('keeps every write a SIGKILLed writer had reported, intact', async function () {
+      const child = spawn(process.execPath, [path.join(FIXTURES, 'writer.js'), tmp(), io, '', '16']);
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      await new Promise((resolve) => {
+        const poll = setInterval(() => {
+          if (out.split('\n').length > 150) {
+            clearInterval(poll);
+            child.kill('SIGKILL');
+            resolve();
+          }
+        }, 5);
+      });
+      await new Promise((resolve) => child.on('exit', resolve));
+      const reported = out.split('\n').filter((l) => /^[0-9a-f]{32} \d+$/.test(l));
+      assert.ok(reported.length >= 150);
+      const store = openStore(tmp(), io, { graceMs: 0 });
+      const loaded = new Set();
+      for await (const [, id] of store.load()) loaded.add(id);
+      for (const line of reported) {
+        const [id, n] = line.split(' ');
+        assert.ok(loaded.has(id), `acknowledged ${id} is missing`);
+        const [env] = await store.get(id);
+        assert.ok(env.message.equals(bodyFor(Number(n))), `${id} differs`);
+        assert.deepEqual(env.recipients, [`r${n}@x`]);
+      }
+      // Every message load() yields reads back whole, acknowledged or not.
+      for (const id of loaded) await store.get(id);
+      await store.close();
+    });
+
+    it('does not crash on process.exit() with 200 writes in flight; each message is whole or absent', async function () {
+      const r = runCase(tmp(), io, 'exit');
+      assert.equal(r.signal, null, r.stderr);
+      assert.equal(r.status, 7, r.stderr);
+      await checkAllWhole(tmp(), io);
+    });
+
+    it('does not crash when a worker with 200 writes in flight is terminated', async function () {
+      const r = runCase(tmp(), io, 'terminate');
+      assert.equal(r.signal, null, r.stderr);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /terminated/);
+      await checkAllWhole(tmp(), io);
+    });
+
+    it('gives a JS error, not a fatal one, for write() in an exit handler', function () {
+      const r = runCase(tmp(), io, 'on-exit');
+      assert.equal(r.signal, null, r.stderr);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /no throw/);
+      assert.match(r.stdout, /rejected ERR_QUEUE_EXITING/);
+      assert.equal(listDir(path.join(tmp(), 'env')).length, 0);
+    });
+
+    it('writes from the main thread and four workers at once', async function () {
+      const r = runCase(tmp(), io, 'workers');
+      assert.equal(r.status, 0, r.stderr);
+      const ids = JSON.parse(r.stdout);
+      assert.equal(ids.length, 250);
+      assert.equal(new Set(ids).size, 250);
+      const loaded = await checkAllWhole(tmp(), io);
+      assert.deepEqual(loaded.sort(), [...ids].sort());
+    });
+
+    it('stores the bytes a Buffer held at the call, even if it is overwritten and collected', async function () {
+      const r = runCase(tmp(), io, 'gc', ['--expose-gc']);
+      assert.equal(r.status, 0, r.stderr);
+      const ids = JSON.parse(r.stdout);
+      const store = openStore(tmp(), io);
+      for (let i = 0; i < ids.length; i++) {
+        const [env] = await store.get(ids[i]);
+        assert.equal(env.headers.get('A'), 'b');
+        assert.ok(env.message.equals(Buffer.alloc(64 * 1024, 0x41 + (i % 26))), `message ${i}`);
+      }
+      await store.close();
+    });
+  });
+}
+
+describe('the native fallback', function () {
+  it('uses the pure-JS backend with a process warning when no native binary loads', function () {
+    const script = `
+      const Module = require('node:module');
+      const load = Module._load;
+      Module._load = function (request, ...rest) {
+        if (request === 'node-gyp-build') return () => { throw new Error('no binary for this platform'); };
+        return load.call(this, request, ...rest);
+      };
+      process.on('warning', (w) => console.log('warning', w.code, w.message));
+      const { DiskStorage } = require(${JSON.stringify(path.resolve(__dirname, '..'))});
+      const s = new DiskStorage('/nonexistent/e', '/nonexistent/m');
+      setImmediate(() => console.log('io', s.io));
+    `;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /warning SLIMTA_NATIVE_FALLBACK .*no binary for this platform/);
+    assert.match(r.stdout, /io js/);
+  });
+});

@@ -36,6 +36,7 @@ import {
 } from './format';
 import { JsBackend } from './js-backend';
 import { loadNative, nativeLoadError } from './native';
+import { acquireLock, releaseLock } from './lock';
 import type { Backend, Step } from './plan';
 
 const debug = debuglog('slimta');
@@ -161,6 +162,7 @@ export class DiskStorage extends EventEmitter {
   private readonly perId = new Map<string, Promise<unknown>>();
   private readonly inFlight = new Set<Promise<unknown>>();
   private ready: Promise<void> | null = null;
+  private lockFile: string | null = null;
   private closed = false;
 
   /**
@@ -435,11 +437,19 @@ export class DiskStorage extends EventEmitter {
     });
   }
 
-  /** Waits for every call in flight, then refuses new ones. */
+  /**
+   * Refuses new calls, waits for every call in flight, then gives back the
+   * queue lock.
+   */
   async close(): Promise<void> {
     this.closed = true;
     while (this.inFlight.size > 0) {
       await Promise.allSettled([...this.inFlight]);
+    }
+    await this.ready?.catch(() => undefined);
+    if (this.lockFile) {
+      await releaseLock(this.lockFile);
+      this.lockFile = null;
     }
   }
 
@@ -762,6 +772,7 @@ export class DiskStorage extends EventEmitter {
           `cannot cross filesystems): ${dirs.join(', ')}`,
       );
     }
+    if (!this.readOnly) this.lockFile = await acquireLock(this.metaDir);
   }
 
   private envPath(id: string): string {

@@ -120,15 +120,16 @@ for (const io of BACKENDS) {
         const { DiskStorage } = lib();
         const same = new DiskStorage(dir('q'), dir('q'), undefined, { io });
         const id = await same.write(makeEnvelope(), 5);
-        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.quarantine', '.tmp', `${id}.env`, `${id}.meta`]);
+        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock', '.quarantine', '.tmp', `${id}.env`, `${id}.meta`]);
         const [env] = await same.get(id);
         assert.equal(env.sender, 'sender@example.com');
         const loaded = [];
         for await (const entry of same.load()) loaded.push(entry);
         assert.deepEqual(loaded, [[5, id]]);
         await same.remove(id);
-        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.quarantine', '.tmp']);
+        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock', '.quarantine', '.tmp']);
         await same.close();
+        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.quarantine', '.tmp']);
       });
 
       it('puts the default tmpDir inside envDir, never in the system temp dir', async function () {

@@ -140,3 +140,55 @@ describe('the native fallback', function () {
     assert.match(r.stdout, /io js/);
   });
 });
+
+for (const io of BACKENDS) {
+  describe(`the queue lock (${io} backend)`, function () {
+    this.timeout(60000);
+    const tmp = useTempDir();
+
+    /** A child that writes one message, prints its id and keeps the queue open. */
+    function startOwner(root) {
+      const script = `
+        const path = require('node:path');
+        const { DiskStorage, Envelope } = require(${JSON.stringify(path.resolve(__dirname, '..'))});
+        const root = process.argv[1];
+        const s = new DiskStorage(path.join(root, 'env'), path.join(root, 'meta'), path.join(root, 'tmp'), { io: ${JSON.stringify(io)} });
+        const e = new Envelope({ sender: 'a@b', recipients: ['c@d'] });
+        e.parse(Buffer.from('A: b\\r\\n\\r\\nbody'));
+        s.write(e, 1).then((id) => console.log(id));
+        setInterval(() => {}, 1000);
+      `;
+      const child = spawn(process.execPath, ['-e', script, root]);
+      const id = new Promise((resolve) => child.stdout.once('data', (d) => resolve(d.toString().trim())));
+      return { child, id };
+    }
+
+    it('makes a second writing process fail fast with ERR_QUEUE_LOCKED, while read-only inspection works', async function () {
+      const { child, id } = startOwner(tmp());
+      try {
+        const owned = await id;
+        const second = openStore(tmp(), io);
+        const err = await require('./helpers').rejects(second.write(require('./helpers').makeEnvelope(), 1));
+        assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+        assert.equal(err.retryable, true);
+        assert.match(err.message, new RegExp(`process ${child.pid}`));
+        await second.close();
+
+        const reader = openStore(tmp(), io, { readOnly: true });
+        const seen = [];
+        for await (const [, i] of reader.load()) seen.push(i);
+        assert.deepEqual(seen, [owned]);
+        assert.equal((await reader.get(owned))[1], 0);
+        await reader.close();
+      } finally {
+        child.kill('SIGKILL');
+        await new Promise((r) => child.on('exit', r));
+      }
+      // The owner died without releasing: its lock is stale and taken over.
+      const next = openStore(tmp(), io);
+      await next.write(require('./helpers').makeEnvelope(), 2);
+      assert.equal((await next.getInfo()).size, 2);
+      await next.close();
+    });
+  });
+}

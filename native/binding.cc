@@ -1,0 +1,401 @@
+// Glue between JavaScript and the request chains: converts arguments,
+// keeps the written Buffers alive, settles one promise per call, and
+// stops the chains when the environment (main thread or worker) ends.
+
+#include <napi.h>
+#include <uv.h>
+
+#include <memory>
+#include <set>
+#include <string>
+
+#include "fs_chain.h"
+#include "fs_read.h"
+
+namespace {
+
+struct Job;
+
+// State of one environment; the main thread and each worker have their
+// own, so no JavaScript value is ever shared between threads.
+struct Addon {
+  napi_env env = nullptr;
+  napi_async_cleanup_hook_handle hook = nullptr;
+  bool tearing_down = false;
+  std::set<Job*> jobs;
+};
+
+// One run_plan() or read_files() call while its requests run.
+struct Job {
+  Addon* addon = nullptr;
+  napi_deferred deferred = nullptr;
+  napi_async_context context = nullptr;
+
+  // The Buffers written from. Referenced, not copied: the chain's
+  // uv_buf_t point into their memory, so it must outlive the last
+  // request of the plan, even when JavaScript drops every Buffer.
+  std::vector<napi_ref> refs;
+
+  virtual ~Job();
+  virtual void Stop() = 0;
+};
+
+struct PlanJob : Job {
+  fs_chain_t chain;
+  void Stop() override { fs_chain_stop(&chain); }
+};
+
+struct ReadJob : Job {
+  fs_read_t read;
+  void Stop() override { fs_read_stop(&read); }
+};
+
+// Runs only once every request of the job has ended. Deleting a
+// reference or an async context calls no JavaScript, so this is safe
+// during teardown too.
+Job::~Job() {
+  napi_env env = addon->env;
+  for (napi_ref ref : refs) napi_delete_reference(env, ref);
+  if (context != nullptr) napi_async_destroy(env, context);
+
+  addon->jobs.erase(this);
+  if (addon->tearing_down && addon->jobs.empty() && addon->hook) {
+    napi_remove_async_cleanup_hook(addon->hook);
+    addon->hook = nullptr;
+  }
+}
+
+// The environment is going away. Its chains finish the request in
+// flight and undo their work, but start no further step; once the last
+// one has ended the hook is removed and teardown goes on. No promise is
+// settled from here on: JavaScript may not run any more.
+void OnTeardown(napi_async_cleanup_hook_handle hook, void* arg) {
+  Addon* addon = static_cast<Addon*>(arg);
+  addon->tearing_down = true;
+  addon->hook = hook;
+  if (addon->jobs.empty()) {
+    napi_remove_async_cleanup_hook(hook);
+    addon->hook = nullptr;
+    return;
+  }
+
+  for (Job* job : addon->jobs) job->Stop();
+}
+
+void SetProperty(napi_env env, napi_value obj, const char* key,
+                 const std::string& value) {
+  napi_value v;
+  napi_create_string_utf8(env, value.data(), value.size(), &v);
+  napi_set_named_property(env, obj, key, v);
+}
+
+// An Error shaped like Node's fs errors: the same message, and code,
+// errno, syscall, path and dest properties.
+napi_value MakeFsError(napi_env env, const fs_result& r) {
+  std::string code = uv_err_name(r.error);
+  std::string message = code + ": " + uv_strerror(r.error);
+  if (r.syscall != nullptr) message += std::string(", ") + r.syscall;
+  if (!r.path.empty()) message += " '" + r.path + "'";
+  if (!r.dest.empty()) message += " -> '" + r.dest + "'";
+
+  napi_value msg;
+  napi_value err;
+  napi_value errno_value;
+  napi_create_string_utf8(env, message.data(), message.size(), &msg);
+  napi_create_error(env, nullptr, msg, &err);
+  napi_create_int32(env, r.error, &errno_value);
+  napi_set_named_property(env, err, "errno", errno_value);
+  SetProperty(env, err, "code", code);
+  if (r.syscall != nullptr) SetProperty(env, err, "syscall", r.syscall);
+  if (!r.path.empty()) SetProperty(env, err, "path", r.path);
+  if (!r.dest.empty()) SetProperty(env, err, "dest", r.dest);
+  return err;
+}
+
+napi_value MakeFile(napi_env env, fs_read_file& f) {
+  if (f.result.error != 0) return MakeFsError(env, f.result);
+
+  napi_value buf;
+  if (f.len == 0) {
+    void* data;
+    napi_create_buffer(env, 0, &data, &buf);
+    return buf;
+  }
+
+  auto release = [](napi_env, void* data, void*) { free(data); };
+  napi_status s = napi_create_external_buffer(env, f.len, f.data, release,
+                                              nullptr, &buf);
+  if (s == napi_ok) {
+    f.data = nullptr;
+    return buf;
+  }
+
+  void* copy;
+  napi_create_buffer_copy(env, f.len, f.data, &copy, &buf);
+  return buf;
+}
+
+// Settles the job's promise inside a callback scope, so that promise
+// reactions and next ticks run now rather than whenever the loop next
+// enters JavaScript. Raw N-API with statuses ignored: when the worker is
+// being terminated these calls fail, and failing must not abort.
+template <typename Make>
+void Settle(Job* job, Make make) {
+  Addon* addon = job->addon;
+
+  // TODO: a promise left pending by teardown keeps its napi_deferred
+  // allocated: N-API frees one only by settling it, which is JavaScript.
+  if (addon->tearing_down) return;
+
+  napi_env env = addon->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+
+  napi_value resource;
+  napi_callback_scope callback_scope;
+  napi_create_object(env, &resource);
+  bool in_scope = napi_open_callback_scope(env, resource, job->context,
+                                           &callback_scope) == napi_ok;
+
+  bool ok = true;
+  napi_value value = make(env, &ok);
+  if (ok) {
+    napi_resolve_deferred(env, job->deferred, value);
+  } else {
+    napi_reject_deferred(env, job->deferred, value);
+  }
+
+  if (in_scope) napi_close_callback_scope(env, callback_scope);
+  napi_close_handle_scope(env, scope);
+}
+
+void OnPlanDone(fs_chain_t* chain) {
+  std::unique_ptr<PlanJob> job(static_cast<PlanJob*>(chain->data));
+  Settle(job.get(), [&](napi_env env, bool* ok) {
+    napi_value value;
+    *ok = chain->result.error == 0;
+    if (*ok) {
+      napi_get_undefined(env, &value);
+    } else {
+      value = MakeFsError(env, chain->result);
+    }
+    return value;
+  });
+}
+
+void OnReadDone(fs_read_t* read) {
+  std::unique_ptr<ReadJob> job(static_cast<ReadJob*>(read->data));
+  Settle(job.get(), [&](napi_env env, bool* ok) {
+    napi_value list;
+    napi_create_array_with_length(env, read->files.size(), &list);
+    for (size_t i = 0; i < read->files.size(); i++) {
+      napi_set_element(env, list, i, MakeFile(env, read->files[i]));
+    }
+    *ok = true;
+    return list;
+  });
+}
+
+void ThrowInvalid(Napi::Env env, const std::string& message) {
+  Napi::TypeError err = Napi::TypeError::New(env, message);
+  err.Set("code", "ERR_INVALID_ARG_VALUE");
+  err.ThrowAsJavaScriptException();
+}
+
+// A path goes to the OS as a C string: an embedded NUL would silently
+// cut it short, so it is refused as Node's fs refuses it.
+bool GetPath(Napi::Object obj, const char* key, std::string* out) {
+  Napi::Env env = obj.Env();
+  Napi::Value v = obj.Get(key);
+  if (env.IsExceptionPending()) return false;
+  if (!v.IsString()) {
+    ThrowInvalid(env, std::string(key) + " must be a string");
+    return false;
+  }
+
+  *out = v.As<Napi::String>().Utf8Value();
+  if (out->find('\0') != std::string::npos) {
+    ThrowInvalid(env, std::string(key) + " contains a NUL byte");
+    return false;
+  }
+  return true;
+}
+
+bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
+  Napi::Env env = obj.Env();
+  Napi::Value v = obj.Get("bufs");
+  if (env.IsExceptionPending()) return false;
+  if (!v.IsArray()) {
+    ThrowInvalid(env, "step.bufs must be an array of Buffers");
+    return false;
+  }
+
+  Napi::Array list = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value b = list.Get(i);
+    if (env.IsExceptionPending()) return false;
+    if (!b.IsBuffer()) {
+      ThrowInvalid(env, "step.bufs must be an array of Buffers");
+      return false;
+    }
+
+    void* data;
+    size_t len;
+    napi_ref ref;
+    if (napi_get_buffer_info(env, b, &data, &len) != napi_ok ||
+        napi_create_reference(env, b, 1, &ref) != napi_ok) {
+      ThrowInvalid(env, "step.bufs must be an array of Buffers");
+      return false;
+    }
+    job->refs.push_back(ref);
+
+    uv_buf_t buf;
+    buf.base = static_cast<char*>(data);
+    buf.len = len;
+    step->bufs.push_back(buf);
+  }
+  return true;
+}
+
+bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
+  Napi::Env env = v.Env();
+  if (!v.IsObject()) {
+    ThrowInvalid(env, "a step must be an object");
+    return false;
+  }
+
+  Napi::Object obj = v.As<Napi::Object>();
+  Napi::Value op_value = obj.Get("op");
+  if (env.IsExceptionPending()) return false;
+  std::string op = op_value.IsString() ? op_value.ToString().Utf8Value() : "";
+
+  if (op == "write_tmp") {
+    step->op = FS_CHAIN_WRITE_TMP;
+    return GetPath(obj, "path", &step->path) && GetBufs(obj, job, step);
+  }
+  if (op == "publish" || op == "replace") {
+    step->op = op == "publish" ? FS_CHAIN_PUBLISH : FS_CHAIN_REPLACE;
+    return GetPath(obj, "from", &step->path) &&
+           GetPath(obj, "to", &step->dest);
+  }
+  if (op == "unlink") {
+    step->op = FS_CHAIN_UNLINK;
+    Napi::Value missing_ok = obj.Get("missingOk");
+    if (env.IsExceptionPending()) return false;
+    step->missing_ok = missing_ok.ToBoolean().Value();
+    return GetPath(obj, "path", &step->path);
+  }
+  if (op == "sync_dir") {
+    step->op = FS_CHAIN_SYNC_DIR;
+    return GetPath(obj, "path", &step->path);
+  }
+
+  ThrowInvalid(env, "unknown step op '" + op + "'");
+  return false;
+}
+
+// Creates the promise and the async context, and registers the job so
+// teardown can find it. Returns null with an exception pending.
+napi_value Begin(Napi::Env env, Addon* addon, Job* job, const char* name) {
+  napi_value promise;
+  napi_value resource;
+  napi_value resource_name;
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
+      napi_create_object(env, &resource) != napi_ok ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH,
+                              &resource_name) != napi_ok ||
+      napi_async_init(env, resource, resource_name, &job->context) !=
+          napi_ok) {
+    return nullptr;
+  }
+
+  addon->jobs.insert(job);
+  return promise;
+}
+
+uv_loop_t* LoopOf(Napi::Env env) {
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  return loop;
+}
+
+// run_plan(steps): Promise<void>
+Napi::Value RunPlan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Addon* addon = env.GetInstanceData<Addon>();
+  if (!info[0].IsArray()) {
+    ThrowInvalid(env, "steps must be an array");
+    return Napi::Value();
+  }
+
+  // Owned here until the chain starts; on a bad argument it is freed
+  // with every reference taken so far.
+  auto job = std::make_unique<PlanJob>();
+  job->addon = addon;
+  job->chain.data = job.get();
+
+  Napi::Array steps = info[0].As<Napi::Array>();
+  job->chain.steps.resize(steps.Length());
+  for (uint32_t i = 0; i < steps.Length(); i++) {
+    Napi::Value step = steps.Get(i);
+    if (env.IsExceptionPending()) return Napi::Value();
+    if (!GetStep(step, job.get(), &job->chain.steps[i])) {
+      return Napi::Value();
+    }
+  }
+
+  napi_value promise = Begin(env, addon, job.get(), "slimta:run_plan");
+  if (promise == nullptr) return Napi::Value();
+
+  PlanJob* running = job.release();
+  fs_chain_start(LoopOf(env), &running->chain, OnPlanDone);
+  return Napi::Value(env, promise);
+}
+
+// read_files(paths): Promise<Array<Buffer | Error>>
+Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Addon* addon = env.GetInstanceData<Addon>();
+  if (!info[0].IsArray()) {
+    ThrowInvalid(env, "paths must be an array");
+    return Napi::Value();
+  }
+
+  auto job = std::make_unique<ReadJob>();
+  job->addon = addon;
+  job->read.data = job.get();
+
+  Napi::Array paths = info[0].As<Napi::Array>();
+  Napi::Object holder = Napi::Object::New(env);
+  job->read.files.resize(paths.Length());
+  for (uint32_t i = 0; i < paths.Length(); i++) {
+    holder.Set("path", paths.Get(i));
+    if (env.IsExceptionPending()) return Napi::Value();
+    if (!GetPath(holder, "path", &job->read.files[i].path)) {
+      return Napi::Value();
+    }
+  }
+
+  napi_value promise = Begin(env, addon, job.get(), "slimta:read_files");
+  if (promise == nullptr) return Napi::Value();
+
+  ReadJob* running = job.release();
+  fs_read_start(LoopOf(env), &running->read, OnReadDone);
+  return Napi::Value(env, promise);
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  Addon* addon = new Addon();
+  addon->env = env;
+  env.SetInstanceData<Addon>(addon);
+  napi_add_async_cleanup_hook(env, OnTeardown, addon, &addon->hook);
+
+  exports.Set("run_plan", Napi::Function::New(env, RunPlan, "run_plan"));
+  exports.Set("read_files",
+              Napi::Function::New(env, ReadFiles, "read_files"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(slimta_diskstorage, Init)

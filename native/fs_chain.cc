@@ -1,0 +1,412 @@
+#include "fs_chain.h"
+
+#include <fcntl.h>
+
+#include <algorithm>
+
+namespace {
+
+// One write call carries less than 1 GiB: Linux stops a call near 2 GiB
+// and other systems lower, so a larger body goes out in several calls.
+constexpr size_t kMaxWriteBytes = (size_t(1) << 30) - 4096;
+
+// Buffers per write call; libuv splits larger arrays itself, a bound
+// keeps each call's copy of the array small.
+constexpr size_t kMaxWriteBufs = 1024;
+
+#ifdef O_CLOEXEC
+constexpr int kCloexec = O_CLOEXEC;
+#else
+constexpr int kCloexec = 0;
+#endif
+
+constexpr int kTmpFlags = UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL |
+                          UV_FS_O_NOFOLLOW | kCloexec;
+
+constexpr int kDirFlags = UV_FS_O_RDONLY | UV_FS_O_DIRECTORY | kCloexec;
+
+void run_step(fs_chain_t* c);
+void write_some(fs_chain_t* c);
+void fail(fs_chain_t* c, int err, const char* syscall,
+          const std::string* path, const std::string* dest = nullptr);
+
+uv_fs_t* req_of(fs_chain_t* c) {
+  c->req.data = c;
+  return &c->req;
+}
+
+fs_chain_t* chain_of(uv_fs_t* req) {
+  return static_cast<fs_chain_t*>(req->data);
+}
+
+fs_chain_step& current(fs_chain_t* c) {
+  return c->steps[c->step];
+}
+
+// Every request ends here, so every uv_fs_t is cleaned up exactly once.
+ssize_t end_req(uv_fs_t* req) {
+  ssize_t result = req->result;
+  uv_fs_req_cleanup(req);
+  return result;
+}
+
+// A request that could not even be queued never calls back: end it
+// here and fail the step with its error.
+void not_queued(fs_chain_t* c, int err, const char* syscall,
+                const std::string* path,
+                const std::string* dest = nullptr) {
+  uv_fs_req_cleanup(&c->req);
+  fail(c, err, syscall, path, dest);
+}
+
+// Between two requests: once stopped, start nothing more of the plan.
+bool go_on(fs_chain_t* c) {
+  if (!c->stopping) return true;
+  fail(c, UV_ECANCELED, nullptr, nullptr);
+  return false;
+}
+
+void forget_tmp(fs_chain_t* c, const std::string& name) {
+  auto& names = c->tmp_names;
+  names.erase(std::remove(names.begin(), names.end(), name), names.end());
+}
+
+// The end, on success or after undo: report once. The callback may free
+// the chain, so nothing touches it afterwards.
+void done(fs_chain_t* c) {
+  c->cb(c);
+}
+
+// A stop after the last step changes nothing: the plan is complete.
+void next_step(fs_chain_t* c) {
+  c->step++;
+  if (c->step == c->steps.size()) return done(c);
+  if (go_on(c)) run_step(c);
+}
+
+// Undo, 2: unlink what the plan made. The operation is reported as
+// failed, so nothing of it may stay: tmp files still under their tmp
+// name, and names it published. Errors are ignored; undo is best effort
+// and the first error is the one the caller must see.
+void undo_next(fs_chain_t* c);
+
+void on_undo(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  end_req(req);
+  c->undo.pop_back();
+  undo_next(c);
+}
+
+void undo_next(fs_chain_t* c) {
+  while (!c->undo.empty()) {
+    const char* name = c->undo.back().c_str();
+    int r = uv_fs_unlink(c->loop, req_of(c), name, on_undo);
+    if (r == 0) return;
+
+    uv_fs_req_cleanup(&c->req);
+    c->undo.pop_back();
+  }
+
+  done(c);
+}
+
+void start_undo(fs_chain_t* c) {
+  c->undo = c->tmp_names;
+  c->undo.insert(c->undo.end(), c->published.begin(), c->published.end());
+  c->tmp_names.clear();
+  c->published.clear();
+  undo_next(c);
+}
+
+// Undo, 1: close the file the failed step left open. Its error is
+// ignored; the fd is released either way.
+void on_close_after_failure(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  end_req(req);
+  start_undo(c);
+}
+
+void fail(fs_chain_t* c, int err, const char* syscall,
+          const std::string* path, const std::string* dest) {
+  c->failed = true;
+  c->result.error = err;
+  c->result.syscall = syscall;
+  if (path != nullptr) c->result.path = *path;
+  if (dest != nullptr) c->result.dest = *dest;
+
+  if (c->fd < 0) return start_undo(c);
+
+  uv_file fd = c->fd;
+  c->fd = -1;
+  int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
+  if (r < 0) {
+    uv_fs_req_cleanup(&c->req);
+    start_undo(c);
+  }
+}
+
+// write_tmp, 4: close. A failed close still releases the fd, so it is
+// never closed twice.
+void on_close_tmp(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  ssize_t r = end_req(req);
+  c->fd = -1;
+  if (r < 0) return fail(c, r, "close", nullptr);
+
+  next_step(c);
+}
+
+// write_tmp, 3: flush the body to the disk before any name points at
+// it, so a crash after the publish can never expose a short file.
+// fdatasync covers the size too; the name is made durable later by the
+// sync_dir step.
+void on_datasync(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "fdatasync", nullptr);
+  if (!go_on(c)) return;
+
+  r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_tmp);
+  if (r < 0) not_queued(c, r, "close", nullptr);
+}
+
+void datasync(fs_chain_t* c) {
+  int r = uv_fs_fdatasync(c->loop, req_of(c), c->fd, on_datasync);
+  if (r < 0) not_queued(c, r, "fdatasync", nullptr);
+}
+
+// Moves the write position past n bytes written.
+void advance(fs_chain_t* c, size_t n) {
+  const std::vector<uv_buf_t>& bufs = current(c).bufs;
+  while (n > 0) {
+    size_t left = bufs[c->buf_index].len - c->buf_offset;
+    if (n < left) {
+      c->buf_offset += n;
+      return;
+    }
+    n -= left;
+    c->buf_index++;
+    c->buf_offset = 0;
+  }
+}
+
+void on_write(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "write", nullptr);
+
+  // A regular file that takes no byte at all will not take the next
+  // ones either: fail rather than spin.
+  if (r == 0) return fail(c, UV_EIO, "write", nullptr);
+
+  advance(c, static_cast<size_t>(r));
+  c->file_offset += r;
+  if (go_on(c)) write_some(c);
+}
+
+// write_tmp, 2: write the body. A call may take fewer bytes than it was
+// offered, so each call starts where the last one stopped, and no call
+// carries 1 GiB or more. The bytes are the caller's own memory, which
+// it keeps alive until the chain reports.
+void write_some(fs_chain_t* c) {
+  const std::vector<uv_buf_t>& bufs = current(c).bufs;
+  while (c->buf_index < bufs.size() &&
+         c->buf_offset == bufs[c->buf_index].len) {
+    c->buf_index++;
+    c->buf_offset = 0;
+  }
+  if (c->buf_index == bufs.size()) return datasync(c);
+
+  c->iov.clear();
+  size_t room = kMaxWriteBytes;
+  size_t offset = c->buf_offset;
+  for (size_t i = c->buf_index; i < bufs.size(); i++) {
+    if (room == 0 || c->iov.size() == kMaxWriteBufs) break;
+    size_t len = std::min(bufs[i].len - offset, room);
+    if (len > 0) {
+      char* base = bufs[i].base + offset;
+      c->iov.push_back(uv_buf_init(base, static_cast<unsigned>(len)));
+    }
+    room -= len;
+    offset = 0;
+  }
+
+  unsigned n = static_cast<unsigned>(c->iov.size());
+  int r = uv_fs_write(c->loop, req_of(c), c->fd, c->iov.data(), n,
+                      c->file_offset, on_write);
+  if (r < 0) not_queued(c, r, "write", nullptr);
+}
+
+// write_tmp, 1: create the tmp file. O_EXCL makes a leftover or planted
+// file an error instead of something to write through, and O_NOFOLLOW
+// keeps a symlink at the name from sending the body elsewhere.
+void on_open_tmp(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "open", &s.path);
+
+  c->fd = static_cast<uv_file>(r);
+  c->tmp_names.push_back(s.path);
+  c->buf_index = 0;
+  c->buf_offset = 0;
+  c->file_offset = 0;
+  if (go_on(c)) write_some(c);
+}
+
+void write_tmp(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kTmpFlags, 0600,
+                     on_open_tmp);
+  if (r < 0) not_queued(c, r, "open", &s.path);
+}
+
+// publish, 2: drop the tmp name; the file lives on under the new one.
+void on_publish_unlink(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "unlink", &s.path);
+
+  forget_tmp(c, s.path);
+  next_step(c);
+}
+
+// publish, 1: link the file under its final name. Unlike rename, link
+// never replaces: an existing name fails with EEXIST, so one message is
+// never written over another.
+void on_publish_link(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "link", &s.path, &s.dest);
+
+  c->published.push_back(s.dest);
+  if (!go_on(c)) return;
+
+  r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(), on_publish_unlink);
+  if (r < 0) not_queued(c, r, "unlink", &s.path);
+}
+
+void publish(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_link(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
+                     on_publish_link);
+  if (r < 0) not_queued(c, r, "link", &s.path, &s.dest);
+}
+
+// replace: rename swaps the name over in one go; a reader sees the old
+// file or the new one, never a mix. Never undone: once it succeeds the
+// old file is gone, and the new one is the best that is left.
+void on_replace(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "rename", &s.path, &s.dest);
+
+  forget_tmp(c, s.path);
+  next_step(c);
+}
+
+void replace(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_rename(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
+                       on_replace);
+  if (r < 0) not_queued(c, r, "rename", &s.path, &s.dest);
+}
+
+// unlink: a file already gone is what the step wants when missing_ok.
+void on_unlink(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
+  ssize_t r = end_req(req);
+  bool gone = r == UV_ENOENT && s.missing_ok;
+  if (r < 0 && !gone) return fail(c, r, "unlink", &s.path);
+
+  forget_tmp(c, s.path);
+  next_step(c);
+}
+
+void unlink_step(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(), on_unlink);
+  if (r < 0) not_queued(c, r, "unlink", &s.path);
+}
+
+// sync_dir, 3: close the directory.
+void on_close_dir(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  ssize_t r = end_req(req);
+  c->fd = -1;
+  if (r < 0) return fail(c, r, "close", nullptr);
+
+  next_step(c);
+}
+
+// sync_dir, 2: fsync the directory. A name created, removed or renamed
+// is durable only once its directory is synced, which is why this step
+// comes after the link or rename it covers: before, a crash could lose
+// a publish whose file data was already safe.
+void on_fsync_dir(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "fsync", nullptr);
+  if (!go_on(c)) return;
+
+  r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_dir);
+  if (r < 0) not_queued(c, r, "close", nullptr);
+}
+
+// sync_dir, 1: open the directory read-only; that is all fsync needs.
+// TODO: Windows cannot open or fsync a directory; this step fails there
+// until a platform file decides what sync_dir means on it.
+void on_open_dir(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "open", &s.path);
+
+  c->fd = static_cast<uv_file>(r);
+  if (!go_on(c)) return;
+
+  r = uv_fs_fsync(c->loop, req_of(c), c->fd, on_fsync_dir);
+  if (r < 0) not_queued(c, r, "fsync", nullptr);
+}
+
+void sync_dir(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kDirFlags, 0,
+                     on_open_dir);
+  if (r < 0) not_queued(c, r, "open", &s.path);
+}
+
+void run_step(fs_chain_t* c) {
+  if (c->step == c->steps.size()) return done(c);
+
+  switch (current(c).op) {
+    case FS_CHAIN_WRITE_TMP:
+      return write_tmp(c);
+    case FS_CHAIN_PUBLISH:
+      return publish(c);
+    case FS_CHAIN_REPLACE:
+      return replace(c);
+    case FS_CHAIN_UNLINK:
+      return unlink_step(c);
+    case FS_CHAIN_SYNC_DIR:
+      return sync_dir(c);
+  }
+}
+
+}  // namespace
+
+void fs_chain_start(uv_loop_t* loop, fs_chain_t* c, fs_chain_cb cb) {
+  c->loop = loop;
+  c->cb = cb;
+  c->step = 0;
+  c->result = fs_result();
+  run_step(c);
+}
+
+void fs_chain_stop(fs_chain_t* c) {
+  c->stopping = true;
+}

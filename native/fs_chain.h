@@ -1,0 +1,89 @@
+// A plan of file-system steps run as one chain of libuv requests: each
+// request's callback starts the next, so the caller hears back once per
+// plan. Knows nothing of JavaScript; the caller owns the memory behind
+// every uv_buf_t until the chain's callback has run.
+
+#ifndef SLIMTA_FS_CHAIN_H
+#define SLIMTA_FS_CHAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <string>
+#include <vector>
+
+#include <uv.h>
+
+enum fs_chain_op {
+  FS_CHAIN_WRITE_TMP,
+  FS_CHAIN_PUBLISH,
+  FS_CHAIN_REPLACE,
+  FS_CHAIN_UNLINK,
+  FS_CHAIN_SYNC_DIR,
+};
+
+struct fs_chain_step {
+  fs_chain_op op;
+
+  // write_tmp, unlink, sync_dir: the file; publish, replace: the source.
+  std::string path;
+
+  // publish, replace: the new name.
+  std::string dest;
+
+  // write_tmp: the body, in order; empty entries are allowed.
+  std::vector<uv_buf_t> bufs;
+
+  // unlink: a missing file is success.
+  bool missing_ok = false;
+};
+
+// The outcome of a chain: error is 0 or a negative uv error code, and
+// the rest says which call failed on which names, as Node's fs errors do.
+struct fs_result {
+  int error = 0;
+  const char* syscall = nullptr;
+  std::string path;
+  std::string dest;
+};
+
+struct fs_chain_t;
+
+typedef void (*fs_chain_cb)(fs_chain_t* chain);
+
+struct fs_chain_t {
+  // Filled in by the caller before fs_chain_start().
+  std::vector<fs_chain_step> steps;
+  void* data = nullptr;
+
+  // Set when the chain has ended; valid in the callback.
+  fs_result result;
+
+  // Private.
+  uv_fs_t req;
+  uv_loop_t* loop = nullptr;
+  fs_chain_cb cb = nullptr;
+  size_t step = 0;
+  uv_file fd = -1;
+  size_t buf_index = 0;
+  size_t buf_offset = 0;
+  int64_t file_offset = 0;
+  std::vector<uv_buf_t> iov;
+  std::vector<std::string> tmp_names;
+  std::vector<std::string> published;
+  std::vector<std::string> undo;
+  bool stopping = false;
+  bool failed = false;
+};
+
+// Runs every step in order and then calls cb once, on the loop's thread.
+// On the first failure the chain closes its open file, unlinks the tmp
+// files and published names it created, and reports the failing call.
+void fs_chain_start(uv_loop_t* loop, fs_chain_t* chain, fs_chain_cb cb);
+
+// Asks a running chain to start no further step: the request in flight
+// ends, then the chain undoes its work as on failure (error UV_ECANCELED)
+// and calls cb as usual.
+void fs_chain_stop(fs_chain_t* chain);
+
+#endif

@@ -198,6 +198,22 @@ describe('slimta-queue', function () {
       assert.equal(fs.existsSync(queue()), false);
     });
 
+    it('fails while another process owns the queue', async function () {
+      const { openStore } = require('./helpers');
+      const owner = openStore(queue(), 'js');
+      await owner.getInfo();
+      try {
+        const file = path.join(tmp(), 'x.eml');
+        fs.writeFileSync(file, 'Subject: x\n\n');
+        const r = run(['enqueue', '-q', queue(), '-f', 'a', '-t', 'b', file]);
+        assertOneErrorLine(r, 1);
+        assert.match(r.stderr, /in use by process/);
+        assert.match(ok(['list', '-q', queue()]), /^0 messages\n$/);
+      } finally {
+        await owner.close();
+      }
+    });
+
     it('creates the queue directories', function () {
       enqueueBytes('Subject: x\n\n', ['-f', 'a@x', '-t', 'b@y']);
       for (const sub of ['env', 'meta', 'tmp']) {

@@ -27,10 +27,10 @@ const TRAILER = 4;
 const HAS_TIMESTAMP = 1;
 
 /**
- * The largest env file the store accepts: get() must read it back into one
- * Buffer, so the whole file must fit in Node's maximum Buffer length.
+ * The largest env file the store accepts, 2 GiB less one byte: get() must
+ * read it back whole, and node:fs reads at most that much into one Buffer.
  */
-export const MAX_ENV_FILE_SIZE = bufferConstants.MAX_LENGTH;
+export const MAX_ENV_FILE_SIZE = Math.min(2 ** 31 - 1, bufferConstants.MAX_LENGTH);
 
 export const ID_PATTERN = /^[0-9a-f]{32}$/;
 

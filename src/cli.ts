@@ -18,10 +18,14 @@ import {
   Option,
 } from 'commander';
 
-import { DiskStorage, type QuarantineReport } from './disk-storage';
+import {
+  DiskStorage,
+  type MessageInfo,
+  type QuarantineReport,
+} from './disk-storage';
 import { Envelope } from './envelope';
 import { NotFoundError } from './errors';
-import { ID_PATTERN, decodeMeta } from './format';
+import { ID_PATTERN } from './format';
 import { loadNative } from './native';
 
 /** A stream the CLI writes to; process.stdout and process.stderr fit. */
@@ -352,25 +356,6 @@ function checkId(id: string): void {
   }
 }
 
-/** The meta file of one message: its next attempt and sizes. */
-async function readMeta(dir: string, id: string) {
-  // TODO: DiskStorage has no public call that returns a message's next
-  // attempt time, so the meta file is read here through format.ts.
-  const metaPath = path.join(dir, 'meta', `${id}.meta`);
-
-  let file: Buffer;
-  try {
-    file = await fs.readFile(metaPath);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new NotFoundError(id, err);
-    }
-    throw err;
-  }
-
-  return decodeMeta(file, id, metaPath);
-}
-
 // --- enqueue ---------------------------------------------------------------
 
 interface EnqueueOptions {
@@ -541,7 +526,7 @@ async function list(opts: ListOptions, io: CliIo): Promise<void> {
     for await (const entry of store.load()) found.push(entry);
 
     for (const [nextAttempt, id] of found) {
-      const row = await readRow(store, opts.queue, id, nextAttempt);
+      const row = await readRow(store, id, nextAttempt);
 
       if (row instanceof Error) {
         damaged++;
@@ -572,17 +557,16 @@ async function list(opts: ListOptions, io: CliIo): Promise<void> {
 /** One message's row; null when it was removed meanwhile. */
 async function readRow(
   store: DiskStorage,
-  dir: string,
   id: string,
   nextAttempt: number,
 ): Promise<Row | Error | null> {
   try {
     const [envelope, attempts] = await store.get(id);
-    const st = await fs.stat(path.join(dir, 'env', `${id}.env`));
+    const { size } = await store.inspect(id);
 
     return {
       id,
-      size: st.size,
+      size,
       timestamp: envelope.timestamp,
       nextAttempt,
       attempts,
@@ -659,9 +643,11 @@ async function show(id: string, opts: ShowOptions, io: CliIo): Promise<void> {
   const store = await openQueue(opts.queue, true);
   let envelope: Envelope;
   let attempts: number;
+  let meta: MessageInfo;
 
   try {
     [envelope, attempts] = await store.get(id);
+    meta = await store.inspect(id);
   } finally {
     await store.close();
   }
@@ -674,12 +660,10 @@ async function show(id: string, opts: ShowOptions, io: CliIo): Promise<void> {
     return;
   }
 
-  const meta = await readMeta(opts.queue, id);
-
   if (opts.json) {
     const fields = {
       id,
-      size: meta.envSize,
+      size: meta.size,
       nextAttempt: meta.timestamp,
       attempts,
       sender: envelope.sender,
@@ -713,7 +697,7 @@ async function show(id: string, opts: ShowOptions, io: CliIo): Promise<void> {
       'received',
       envelope.timestamp === null ? null : isoTime(envelope.timestamp),
     ),
-    fieldLine('size', String(meta.envSize)),
+    fieldLine('size', String(meta.size)),
     '\n',
   ];
 

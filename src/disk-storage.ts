@@ -78,6 +78,20 @@ export interface QuarantineReport {
   moved: [string, string][];
 }
 
+/** What inspect() returns about one message. */
+export interface MessageInfo {
+  id: string;
+  /** Next delivery attempt, Unix seconds. */
+  timestamp: number;
+  attempts: number;
+  /** Size of the envelope file in bytes. */
+  size: number;
+  /** Number of recipients as first written. */
+  recipients: number;
+  /** Indexes of the delivered recipients, ascending. */
+  delivered: number[];
+}
+
 /** What getInfo() returns. */
 export interface QueueInfo {
   /** Messages in the queue (meta files). */
@@ -163,6 +177,7 @@ export class DiskStorage extends EventEmitter {
   private readonly inFlight = new Set<Promise<unknown>>();
   private ready: Promise<void> | null = null;
   private lockFile: string | null = null;
+  private locking: Promise<void> | null = null;
   private closed = false;
 
   /**
@@ -344,6 +359,33 @@ export class DiskStorage extends EventEmitter {
   }
 
   /**
+   * Reads a message's meta file only: when it is next due, how often it
+   * was tried, its size, and which recipients are done. Cheap next to
+   * get(), which reads the whole envelope.
+   */
+  inspect(id: string): Promise<MessageInfo> {
+    return this.call(async () => {
+      checkId(id);
+      await this.init();
+      return this.serial(id, async () => {
+        const metaPath = this.metaPath(id);
+        const [file] = await this.limiter.run(() =>
+          this.backend.readFiles([metaPath]),
+        );
+        const meta = decodeMeta(this.fileOrThrow(id, file), id, metaPath);
+        return {
+          id,
+          timestamp: meta.timestamp,
+          attempts: meta.attempts,
+          size: meta.envSize,
+          recipients: meta.recipientCount,
+          delivered: meta.delivered,
+        };
+      });
+    });
+  }
+
+  /**
    * Removes a message. A message whose env or meta file is already gone is
    * removed all the same; one with neither rejects with ERR_QUEUE_NOT_FOUND.
    */
@@ -351,7 +393,7 @@ export class DiskStorage extends EventEmitter {
     return this.call(async () => {
       checkId(id);
       this.checkWritable();
-      await this.init();
+      await this.own();
       await this.serial(id, async () => {
         const exists = await Promise.all(
           [this.metaPath(id), this.envPath(id)].map((p) =>
@@ -386,8 +428,11 @@ export class DiskStorage extends EventEmitter {
    */
   async *load(): AsyncGenerator<[number, string]> {
     this.checkOpen();
-    await this.init();
-    if (!this.readOnly) await this.cleanTmp();
+    if (this.readOnly) await this.init();
+    else {
+      await this.own();
+      await this.cleanTmp();
+    }
 
     for await (const batch of this.scan(this.metaDir, META_SUFFIX)) {
       const metaPaths = batch.map((id) => this.metaPath(id));
@@ -446,7 +491,7 @@ export class DiskStorage extends EventEmitter {
     while (this.inFlight.size > 0) {
       await Promise.allSettled([...this.inFlight]);
     }
-    await this.ready?.catch(() => undefined);
+    await this.locking?.catch(() => undefined);
     if (this.lockFile) {
       await releaseLock(this.lockFile);
       this.lockFile = null;
@@ -487,7 +532,7 @@ export class DiskStorage extends EventEmitter {
       checkId(id);
       validate?.();
       this.checkWritable();
-      await this.init();
+      await this.own();
       return this.serial(id, async () => {
         const metaPath = this.metaPath(id);
         const [file] = await this.limiter.run(() =>
@@ -733,6 +778,28 @@ export class DiskStorage extends EventEmitter {
     return this.ready;
   }
 
+  /**
+   * Takes the queue lock before the first call that changes an existing
+   * message or recovers the queue. Writing a new message needs no lock:
+   * its id is fresh, so any number of processes may add messages beside
+   * the one process that owns the queue.
+   */
+  private async own(): Promise<void> {
+    await this.init();
+    if (!this.locking) {
+      this.locking = acquireLock(this.metaDir).then(
+        (file) => {
+          this.lockFile = file;
+        },
+        (err: unknown) => {
+          this.locking = null;
+          throw err;
+        },
+      );
+    }
+    return this.locking;
+  }
+
   private async prepareDirs(): Promise<void> {
     const dirs = [this.envDir, this.metaDir, this.tmpDir];
     if (!this.readOnly) {
@@ -772,7 +839,6 @@ export class DiskStorage extends EventEmitter {
           `cannot cross filesystems): ${dirs.join(', ')}`,
       );
     }
-    if (!this.readOnly) this.lockFile = await acquireLock(this.metaDir);
   }
 
   private envPath(id: string): string {

@@ -1,6 +1,7 @@
 export { DiskStorage } from './disk-storage';
 export type {
   DiskStorageOptions,
+  MessageInfo,
   QueueInfo,
   QuarantineReport,
 } from './disk-storage';

@@ -120,7 +120,7 @@ for (const io of BACKENDS) {
         const { DiskStorage } = lib();
         const same = new DiskStorage(dir('q'), dir('q'), undefined, { io });
         const id = await same.write(makeEnvelope(), 5);
-        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock', '.quarantine', '.tmp', `${id}.env`, `${id}.meta`]);
+        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.quarantine', '.tmp', `${id}.env`, `${id}.meta`]);
         const [env] = await same.get(id);
         assert.equal(env.sender, 'sender@example.com');
         const loaded = [];
@@ -381,6 +381,25 @@ for (const io of BACKENDS) {
         assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected']);
         assert.equal(results[3].reason.code, 'ERR_QUEUE_NOT_FOUND');
         assert.deepEqual(listDir(dir('meta')), []);
+      });
+    });
+
+    describe('#inspect()', function () {
+      it('reports timestamp, attempts, size and delivered recipients from the meta', async function () {
+        const id = await store.write(makeEnvelope({ recipients: ['a@x', 'b@x', 'c@x'] }), 1234.5);
+        await store.incrementAttempts(id);
+        await store.setRecipientsDelivered(id, [2, 0]);
+        const info = await store.inspect(id);
+        assert.deepEqual(info, {
+          id,
+          timestamp: 1234.5,
+          attempts: 1,
+          size: fs.statSync(path.join(dir('env'), `${id}.env`)).size,
+          recipients: 3,
+          delivered: [0, 2],
+        });
+        const err = await rejects(store.inspect('1'.repeat(32)));
+        assert.equal(err.code, 'ERR_QUEUE_NOT_FOUND');
       });
     });
 

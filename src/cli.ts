@@ -51,7 +51,8 @@ const EXIT_HELP = `
 Exit status:
   0  success
   1  failure (unreadable queue or file, unknown message, I/O error)
-  2  usage error (unknown command or option, missing or invalid argument)`;
+  2  usage error (unknown command or option, missing or invalid argument)
+`;
 
 /** More files than this get a progress line on a terminal. */
 const PROGRESS_MIN_FILES = 5;

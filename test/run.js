@@ -16,7 +16,10 @@ const testsIn = (dir) =>
     .filter((f) => f.endsWith('.test.js'))
     .sort()
     .map((f) => path.join(dir, f));
-const files = (args.length ? args : [__dirname, path.join(__dirname, 'durability')])
+const defaults = [__dirname, path.join(__dirname, 'durability')].filter(
+  (dir) => fs.existsSync(dir),
+);
+const files = (args.length ? args : defaults)
   .map((f) => path.resolve(f))
   .flatMap((f) =>
     fs.existsSync(f) && fs.statSync(f).isDirectory() ? testsIn(f) : [f],

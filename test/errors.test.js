@@ -97,6 +97,34 @@ for (const io of BACKENDS) {
       sameAcrossBackends('ENOENT', io, err);
     });
 
+    it('rejects every operation on a removed queue promptly, each with its code and retryable', async function () {
+      const id = await store.write(makeEnvelope(), 1);
+      for await (const entry of store.load()) assert.ok(entry); // takes the lock
+      fs.rmSync(tmp(), { recursive: true });
+      const expect = {
+        write: ['ENOENT', () => store.write(makeEnvelope(), 1)],
+        setTimestamp: ['ERR_QUEUE_NOT_FOUND', () => store.setTimestamp(id, 2)],
+        incrementAttempts: ['ERR_QUEUE_NOT_FOUND', () => store.incrementAttempts(id)],
+        setRecipientsDelivered: ['ERR_QUEUE_NOT_FOUND', () => store.setRecipientsDelivered(id, [0])],
+        get: ['ERR_QUEUE_NOT_FOUND', () => store.get(id)],
+        inspect: ['ERR_QUEUE_NOT_FOUND', () => store.inspect(id)],
+        remove: ['ERR_QUEUE_NOT_FOUND', () => store.remove(id)],
+        load: ['ENOENT', () => store.load().next()],
+        getInfo: ['ENOENT', () => store.getInfo()],
+      };
+      for (const [op, [code, call]] of Object.entries(expect)) {
+        const err = await rejects(call());
+        assert.equal(err.code, code, op);
+        assert.equal(typeof err.retryable, 'boolean', `${op} has no retryable`);
+        if (!code.startsWith('ERR_')) {
+          assert.equal(typeof err.syscall, 'string', op);
+          assert.equal(typeof err.path, 'string', op);
+          assert.equal(typeof err.errno, 'number', op);
+        }
+      }
+      assert.ok(!fs.existsSync(tmp()), 'an operation recreated the queue');
+    });
+
     it('rejects with ENOTDIR when a queue directory is a file', async function () {
       const file = path.join(tmp(), 'file');
       fs.writeFileSync(file, 'x');

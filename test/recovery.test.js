@@ -142,6 +142,34 @@ for (const io of BACKENDS) {
       }
     });
 
+    it('never quarantines a message whose write() then resolves, with scans running beside the writes', async function () {
+      const owner = openStore(tmp(), io); // default grace period
+      const writer = openStore(tmp(), io);
+      const reports = collectReports(owner);
+      let writing = true;
+      const scans = (async () => {
+        let n = 0;
+        while (writing) {
+          await loadAll(owner);
+          n++;
+        }
+        return n;
+      })();
+      const ids = await Promise.all(
+        Array.from({ length: 300 }, (_, i) => writer.write(makeEnvelope(), i)),
+      );
+      writing = false;
+      assert.ok((await scans) >= 1);
+      assert.equal(reports.length, 0);
+      const loaded = await loadAll(owner);
+      for (const id of ids) {
+        assert.ok(loaded.includes(id), id);
+        await writer.get(id);
+      }
+      await writer.close();
+      await owner.close();
+    });
+
     it('never quarantines anything in read-only mode', async function () {
       fs.truncateSync(metaFile(victim), 10);
       const ro = openStore(tmp(), io, { readOnly: true, graceMs: 0 });

@@ -41,8 +41,13 @@ export class QueueError extends Error {
   }
 
   // Argument errors must also be TypeErrors, and a class has one parent, so
-  // membership is decided by a brand rather than by the prototype chain.
+  // `instanceof QueueError` is decided by a brand rather than by the
+  // prototype chain. Subclasses inherit this method and must keep the
+  // ordinary test, or every queue error would pass for every subclass.
   static override [Symbol.hasInstance](value: unknown): boolean {
+    if (this !== QueueError) {
+      return Function.prototype[Symbol.hasInstance].call(this, value);
+    }
     return typeof value === 'object' && value !== null && brand in value;
   }
 }

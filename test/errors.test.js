@@ -54,6 +54,29 @@ function sameAcrossBackends(name, io, err) {
   else seen.set(name, shape);
 }
 
+describe('QueueError classes', function () {
+  it('match their own class and QueueError, never a sibling', function () {
+    const errors = lib();
+    const made = {
+      NotFoundError: new errors.NotFoundError('0'.repeat(32)),
+      CorruptError: new errors.CorruptError('/q/x.env', 'bad'),
+      InvalidIdError: new errors.InvalidIdError('../x'),
+      LockedError: new errors.LockedError('busy'),
+      InvalidArgumentError: new errors.InvalidArgumentError('bad'),
+    };
+    for (const [name, err] of Object.entries(made)) {
+      assert.ok(err instanceof errors.QueueError, name);
+      assert.ok(err instanceof Error, name);
+      for (const other of Object.keys(made)) {
+        assert.equal(err instanceof errors[other], name === other, `${name} instanceof ${other}`);
+      }
+    }
+    assert.ok(made.InvalidArgumentError instanceof TypeError);
+    assert.ok(!(new Error('x') instanceof errors.QueueError));
+    assert.ok(!(new TypeError('x') instanceof errors.InvalidArgumentError));
+  });
+});
+
 for (const io of BACKENDS) {
   describe(`DiskStorage errors (${io} backend)`, function () {
     const tmp = useTempDir();

@@ -3,8 +3,9 @@
     {
       "target_name": "slimta_diskstorage",
       "sources": [
+        "native/dir_sync.cc",
         "native/fs_chain.cc",
-        "native/fs_read.cc",
+        "native/fs_batch.cc",
         "native/binding.cc"
       ],
       "include_dirs": [

@@ -10,7 +10,8 @@
 #include <string>
 
 #include "fs_chain.h"
-#include "fs_read.h"
+#include "dir_sync.h"
+#include "fs_batch.h"
 
 namespace {
 
@@ -23,9 +24,13 @@ struct Addon {
   napi_async_cleanup_hook_handle hook = nullptr;
   bool tearing_down = false;
   std::set<Job*> jobs;
+
+  // Directory syncs shared by the plans of this environment. Its
+  // callbacks run on this environment's loop, so it needs no lock.
+  dir_sync_group_t syncs;
 };
 
-// One run_plan() or read_files() call while its requests run.
+// One call of the binding while its requests run.
 struct Job {
   Addon* addon = nullptr;
   napi_deferred deferred = nullptr;
@@ -45,9 +50,15 @@ struct PlanJob : Job {
   void Stop() override { fs_chain_stop(&chain); }
 };
 
-struct ReadJob : Job {
-  fs_read_t read;
-  void Stop() override { fs_read_stop(&read); }
+struct BatchJob : Job {
+  fs_batch_t batch;
+  void Stop() override { fs_batch_stop(&batch); }
+};
+
+// A sync cannot be stopped half-way; the job ends when the sync does.
+struct SyncDirJob : Job {
+  dir_sync_wait wait;
+  void Stop() override {}
 };
 
 // Runs only once every request of the job has ended. Deleting a
@@ -112,7 +123,7 @@ napi_value MakeFsError(napi_env env, const fs_result& r) {
   return err;
 }
 
-napi_value MakeFile(napi_env env, fs_read_file& f) {
+napi_value MakeFile(napi_env env, fs_batch_file& f) {
   if (f.result.error != 0) return MakeFsError(env, f.result);
 
   napi_value buf;
@@ -183,16 +194,53 @@ void OnPlanDone(fs_chain_t* chain) {
   });
 }
 
-void OnReadDone(fs_read_t* read) {
-  std::unique_ptr<ReadJob> job(static_cast<ReadJob*>(read->data));
+// { size, ctimeMs }, the two fields of fs.Stats that load() needs.
+napi_value MakeStat(napi_env env, const fs_batch_file& f) {
+  if (f.result.error != 0) return MakeFsError(env, f.result);
+
+  napi_value obj;
+  napi_value size;
+  napi_value ctime;
+  napi_create_object(env, &obj);
+  napi_create_double(env, static_cast<double>(f.size), &size);
+  napi_create_double(env, f.ctime_ms, &ctime);
+  napi_set_named_property(env, obj, "size", size);
+  napi_set_named_property(env, obj, "ctimeMs", ctime);
+  return obj;
+}
+
+void OnBatchDone(fs_batch_t* batch) {
+  std::unique_ptr<BatchJob> job(static_cast<BatchJob*>(batch->data));
   Settle(job.get(), [&](napi_env env, bool* ok) {
     napi_value list;
-    napi_create_array_with_length(env, read->files.size(), &list);
-    for (size_t i = 0; i < read->files.size(); i++) {
-      napi_set_element(env, list, i, MakeFile(env, read->files[i]));
+    napi_create_array_with_length(env, batch->files.size(), &list);
+    for (size_t i = 0; i < batch->files.size(); i++) {
+      fs_batch_file& f = batch->files[i];
+      napi_value item = batch->op == FS_BATCH_READ ? MakeFile(env, f)
+                                                   : MakeStat(env, f);
+      napi_set_element(env, list, i, item);
     }
     *ok = true;
     return list;
+  });
+}
+
+void OnSyncDirDone(dir_sync_wait* wait) {
+  std::unique_ptr<SyncDirJob> job(static_cast<SyncDirJob*>(wait->data));
+  Settle(job.get(), [&](napi_env env, bool* ok) {
+    *ok = wait->result.error == 0;
+    if (!*ok) return MakeFsError(env, wait->result);
+
+    napi_value pair;
+    napi_value after;
+    napi_value generation;
+    napi_create_array_with_length(env, 2, &pair);
+    napi_create_double(env, static_cast<double>(wait->after), &after);
+    napi_create_double(env, static_cast<double>(wait->generation),
+                       &generation);
+    napi_set_element(env, pair, 0, after);
+    napi_set_element(env, pair, 1, generation);
+    return pair;
   });
 }
 
@@ -319,7 +367,7 @@ uv_loop_t* LoopOf(Napi::Env env) {
   return loop;
 }
 
-// run_plan(steps): Promise<void>
+// run_plan(steps, groupCommit): Promise<void>
 Napi::Value RunPlan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Addon* addon = env.GetInstanceData<Addon>();
@@ -347,13 +395,16 @@ Napi::Value RunPlan(const Napi::CallbackInfo& info) {
   napi_value promise = Begin(env, addon, job.get(), "slimta:run_plan");
   if (promise == nullptr) return Napi::Value();
 
+  if (info[1].ToBoolean().Value()) job->chain.group = &addon->syncs;
+
   PlanJob* running = job.release();
   fs_chain_start(LoopOf(env), &running->chain, OnPlanDone);
   return Napi::Value(env, promise);
 }
 
-// read_files(paths): Promise<Array<Buffer | Error>>
-Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
+// Reads or lstats every path as one batch job.
+Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
+                     const char* name) {
   Napi::Env env = info.Env();
   Addon* addon = env.GetInstanceData<Addon>();
   if (!info[0].IsArray()) {
@@ -361,38 +412,81 @@ Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
     return Napi::Value();
   }
 
-  auto job = std::make_unique<ReadJob>();
+  auto job = std::make_unique<BatchJob>();
   job->addon = addon;
-  job->read.data = job.get();
+  job->batch.op = op;
+  job->batch.data = job.get();
 
   Napi::Array paths = info[0].As<Napi::Array>();
   Napi::Object holder = Napi::Object::New(env);
-  job->read.files.resize(paths.Length());
+  job->batch.files.resize(paths.Length());
   for (uint32_t i = 0; i < paths.Length(); i++) {
     holder.Set("path", paths.Get(i));
     if (env.IsExceptionPending()) return Napi::Value();
-    if (!GetPath(holder, "path", &job->read.files[i].path)) {
+    if (!GetPath(holder, "path", &job->batch.files[i].path)) {
       return Napi::Value();
     }
   }
 
-  napi_value promise = Begin(env, addon, job.get(), "slimta:read_files");
+  napi_value promise = Begin(env, addon, job.get(), name);
   if (promise == nullptr) return Napi::Value();
 
-  ReadJob* running = job.release();
-  fs_read_start(LoopOf(env), &running->read, OnReadDone);
+  BatchJob* running = job.release();
+  fs_batch_start(LoopOf(env), &running->batch, OnBatchDone);
+  return Napi::Value(env, promise);
+}
+
+// read_files(paths): Promise<Array<Buffer | Error>>
+Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
+  return RunBatch(info, FS_BATCH_READ, "slimta:read_files");
+}
+
+// stat_files(paths): Promise<Array<{ size, ctimeMs } | Error>>
+Napi::Value StatFiles(const Napi::CallbackInfo& info) {
+  return RunBatch(info, FS_BATCH_LSTAT, "slimta:stat_files");
+}
+
+// sync_dir(path): Promise<[after, generation]>, the shared directory
+// sync of run_plan on its own, with the generation numbers that show
+// which sync covered the call. For tests of the group commit.
+Napi::Value SyncDir(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Addon* addon = env.GetInstanceData<Addon>();
+  if (!info[0].IsString()) {
+    ThrowInvalid(env, "path must be a string");
+    return Napi::Value();
+  }
+
+  Napi::Object holder = Napi::Object::New(env);
+  holder.Set("path", info[0]);
+  std::string path;
+  if (!GetPath(holder, "path", &path)) return Napi::Value();
+
+  auto job = std::make_unique<SyncDirJob>();
+  job->addon = addon;
+  job->wait.data = job.get();
+
+  napi_value promise = Begin(env, addon, job.get(), "slimta:sync_dir");
+  if (promise == nullptr) return Napi::Value();
+
+  SyncDirJob* running = job.release();
+  dir_sync_request(&addon->syncs, path, &running->wait, OnSyncDirDone);
   return Napi::Value(env, promise);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Addon* addon = new Addon();
   addon->env = env;
+  addon->syncs.loop = LoopOf(env);
   env.SetInstanceData<Addon>(addon);
   napi_add_async_cleanup_hook(env, OnTeardown, addon, &addon->hook);
 
   exports.Set("run_plan", Napi::Function::New(env, RunPlan, "run_plan"));
   exports.Set("read_files",
               Napi::Function::New(env, ReadFiles, "read_files"));
+  exports.Set("stat_files",
+              Napi::Function::New(env, StatFiles, "stat_files"));
+  exports.Set("sync_dir", Napi::Function::New(env, SyncDir, "sync_dir"));
   return exports;
 }
 

@@ -373,8 +373,26 @@ void on_open_dir(uv_fs_t* req) {
   if (r < 0) not_queued(c, r, "fsync", nullptr);
 }
 
+// sync_dir, shared: wait for a sync of the directory that starts after
+// this point, which every link and rename of the plan precedes.
+void on_group_sync(dir_sync_wait* w) {
+  fs_chain_t* c = static_cast<fs_chain_t*>(w->data);
+  const fs_result& r = w->result;
+  if (r.error < 0) {
+    const std::string* path = r.path.empty() ? nullptr : &r.path;
+    return fail(c, r.error, r.syscall, path);
+  }
+
+  next_step(c);
+}
+
 void sync_dir(fs_chain_t* c) {
   fs_chain_step& s = current(c);
+  if (c->group != nullptr) {
+    c->dir_wait.data = c;
+    return dir_sync_request(c->group, s.path, &c->dir_wait, on_group_sync);
+  }
+
   int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kDirFlags, 0,
                      on_open_dir);
   if (r < 0) not_queued(c, r, "open", &s.path);

@@ -14,6 +14,9 @@
 
 #include <uv.h>
 
+#include "dir_sync.h"
+#include "fs_result.h"
+
 enum fs_chain_op {
   FS_CHAIN_WRITE_TMP,
   FS_CHAIN_PUBLISH,
@@ -38,15 +41,6 @@ struct fs_chain_step {
   bool missing_ok = false;
 };
 
-// The outcome of a chain: error is 0 or a negative uv error code, and
-// the rest says which call failed on which names, as Node's fs errors do.
-struct fs_result {
-  int error = 0;
-  const char* syscall = nullptr;
-  std::string path;
-  std::string dest;
-};
-
 struct fs_chain_t;
 
 typedef void (*fs_chain_cb)(fs_chain_t* chain);
@@ -56,11 +50,16 @@ struct fs_chain_t {
   std::vector<fs_chain_step> steps;
   void* data = nullptr;
 
+  // When set, sync_dir steps share directory syncs with the other chains
+  // of the group (see dir_sync.h); when null, each step syncs alone.
+  dir_sync_group_t* group = nullptr;
+
   // Set when the chain has ended; valid in the callback.
   fs_result result;
 
   // Private.
   uv_fs_t req;
+  dir_sync_wait dir_wait;
   uv_loop_t* loop = nullptr;
   fs_chain_cb cb = nullptr;
   size_t step = 0;

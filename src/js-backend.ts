@@ -2,7 +2,13 @@ import { constants } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
-import type { Backend, Step, WriteTmpStep } from './plan';
+import type {
+  Backend,
+  BackendOptions,
+  FileStat,
+  Step,
+  WriteTmpStep,
+} from './plan';
 
 // The same limits as the native chain: one write call carries less than
 // 1 GiB and at most 1024 buffers.
@@ -35,16 +41,28 @@ interface Made {
 /**
  * Runs plans with node:fs/promises, one awaited call per system call:
  * the same steps, failure and undo rules, and error codes as the native
- * backend, for where the addon cannot load.
+ * backend, for where the addon cannot load. Group commit works as in
+ * the addon: directory syncs are shared by the plans of this thread.
  */
 export class JsBackend implements Backend {
   readonly name = 'js' as const;
+  private readonly groupCommit: boolean;
+
+  constructor(options: BackendOptions = {}) {
+    this.groupCommit = options.groupCommit ?? true;
+  }
 
   async run(steps: Step[]): Promise<void> {
     const plan = copySteps(steps);
     const made: Made = { tmpNames: [], published: [] };
     try {
-      for (const step of plan) await runStep(step, made);
+      for (const step of plan) {
+        if (step.op === 'sync_dir' && this.groupCommit) {
+          await sharedSyncDir(step.path);
+        } else {
+          await runStep(step, made);
+        }
+      }
     } catch (err) {
       await undo(made);
       throw err;
@@ -66,6 +84,69 @@ export class JsBackend implements Backend {
     }
     return files;
   }
+
+  async statFiles(
+    paths: string[],
+  ): Promise<(FileStat | NodeJS.ErrnoException)[]> {
+    if (!Array.isArray(paths)) invalid('paths must be an array');
+    for (const p of paths) checkPath(p, 'path');
+    const stats: (FileStat | NodeJS.ErrnoException)[] = [];
+    for (const p of paths) {
+      try {
+        const st = await fs.lstat(p);
+        stats.push({ size: st.size, ctimeMs: st.ctimeMs });
+      } catch (err) {
+        stats.push(err as NodeJS.ErrnoException);
+      }
+    }
+    return stats;
+  }
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** Directories with a shared sync running, and who waits for the next. */
+const dirSyncs = new Map<string, Waiter[]>();
+
+/**
+ * Resolves once a sync of `dir` that started after this call has ended.
+ * A sync already running may have started before the caller's link or
+ * rename and does not count: whoever asks meanwhile waits for the next
+ * one, which starts when it ends and covers all of them.
+ */
+function sharedSyncDir(dir: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const waiting = dirSyncs.get(dir);
+    if (waiting) {
+      waiting.push({ resolve, reject });
+      return;
+    }
+    const first = [{ resolve, reject }];
+    dirSyncs.set(dir, []);
+    void syncInTurns(dir, first);
+  });
+}
+
+async function syncInTurns(dir: string, first: Waiter[]): Promise<void> {
+  let covered = first;
+  while (covered.length > 0) {
+    try {
+      await syncDir(dir);
+      for (const w of covered) w.resolve();
+    } catch (err) {
+      for (const w of covered) w.reject(err);
+    }
+    covered = dirSyncs.get(dir) ?? [];
+    dirSyncs.set(dir, []);
+  }
+  dirSyncs.delete(dir);
+}
+
+async function syncDir(dir: string): Promise<void> {
+  return withHandle(await fs.open(dir, DIR_FLAGS), (fh) => fh.sync());
 }
 
 function invalid(message: string): never {
@@ -157,9 +238,7 @@ async function runStep(step: Step, made: Made): Promise<void> {
     // A new or removed name is durable only once its directory is
     // synced, hence this comes after the link or rename it covers.
     case 'sync_dir':
-      return withHandle(await fs.open(step.path, DIR_FLAGS), (fh) =>
-        fh.sync(),
-      );
+      return syncDir(step.path);
   }
 }
 

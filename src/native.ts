@@ -1,12 +1,20 @@
 import * as path from 'node:path';
-import type { Backend, Step } from './plan';
+import type { Backend, BackendOptions, FileStat, Step } from './plan';
 
 /** What the addon exports; never public. */
-interface RawBinding {
-  run_plan(steps: Step[]): Promise<void>;
+export interface RawBinding {
+  run_plan(steps: Step[], groupCommit: boolean): Promise<void>;
   read_files(
     paths: string[],
   ): Promise<(Buffer | NodeJS.ErrnoException)[]>;
+  stat_files(
+    paths: string[],
+  ): Promise<(FileStat | NodeJS.ErrnoException)[]>;
+  /**
+   * The shared directory sync alone; resolves with the generation of the
+   * last sync started when called and of the sync that covered the call.
+   */
+  sync_dir(path: string): Promise<[number, number]>;
 }
 
 let binding: RawBinding | null = null;
@@ -17,20 +25,35 @@ let loadError: Error | null = null;
  * JavaScript once per plan. The Buffers of a plan are written from in
  * place, not copied: changing one before the promise settles changes
  * what is written.
+ *
+ * With group commit, the directory syncs of concurrent plans are shared
+ * in the addon, per thread: see {@link BackendOptions.groupCommit}.
  */
 export class NativeBackend implements Backend {
   readonly name = 'native' as const;
+  private readonly groupCommit: boolean;
 
-  constructor(private readonly raw: RawBinding) {}
+  constructor(
+    private readonly raw: RawBinding,
+    options: BackendOptions = {},
+  ) {
+    this.groupCommit = options.groupCommit ?? true;
+  }
 
   async run(steps: Step[]): Promise<void> {
-    return this.raw.run_plan(steps);
+    return this.raw.run_plan(steps, this.groupCommit);
   }
 
   async readFiles(
     paths: string[],
   ): Promise<(Buffer | NodeJS.ErrnoException)[]> {
     return this.raw.read_files(paths);
+  }
+
+  async statFiles(
+    paths: string[],
+  ): Promise<(FileStat | NodeJS.ErrnoException)[]> {
+    return this.raw.stat_files(paths);
   }
 }
 
@@ -39,7 +62,7 @@ export class NativeBackend implements Backend {
  * Returns null when it cannot be loaded; {@link nativeLoadError} then
  * says why.
  */
-export function loadNative(): Backend | null {
+export function loadNative(options: BackendOptions = {}): Backend | null {
   if (binding === null && loadError === null) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-var-requires
@@ -49,7 +72,7 @@ export function loadNative(): Backend | null {
       loadError = err instanceof Error ? err : new Error(String(err));
     }
   }
-  return binding === null ? null : new NativeBackend(binding);
+  return binding === null ? null : new NativeBackend(binding, options);
 }
 
 /** Why {@link loadNative} returned null, or null if it did not. */

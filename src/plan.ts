@@ -53,11 +53,33 @@ export type Step =
   | UnlinkStep
   | SyncDirStep;
 
-/** What both backends provide. */
+/** The two fields of an lstat that recovery needs. */
+export interface FileStat {
+  size: number;
+  ctimeMs: number;
+}
+
+/** Options common to both backends. */
+export interface BackendOptions {
+  /**
+   * Let concurrent plans share directory syncs (default true): a plan
+   * waits for the next sync of its directory that starts after its own
+   * links and renames, instead of running one of its own. Each plan is
+   * exactly as durable when it settles; fewer fsyncs run.
+   */
+  groupCommit?: boolean;
+}
+
+/**
+ * What both backends provide. Each call holds at most one thread of
+ * libuv's pool at a time: steps, reads and lstats run one after another.
+ */
 export interface Backend {
   readonly name: 'native' | 'js';
   /** Run the steps in order; see the module comment for failure rules. */
   run(steps: Step[]): Promise<void>;
   /** Read whole files; a missing file gives its error in place. */
   readFiles(paths: string[]): Promise<(Buffer | NodeJS.ErrnoException)[]>;
+  /** lstat files; a missing file gives its error in place. */
+  statFiles(paths: string[]): Promise<(FileStat | NodeJS.ErrnoException)[]>;
 }

@@ -112,10 +112,10 @@ function fieldNameEnd(line: Buffer): number {
   return end;
 }
 
-/** The fields of one header block that was written as a whole. */
-function parseFields(block: Buffer, out: Field[]): void {
+/** The fields of a header block, in order. */
+function parseFields(block: Buffer): Field[] {
+  const out: Field[] = [];
   let start = 0;
-  let first = true;
   let current: { name: string; parts: Buffer[] } | null = null;
 
   const finish = (): void => {
@@ -147,17 +147,14 @@ function parseFields(block: Buffer, out: Field[]): void {
       // A continuation of the field above; on the first line, or after a
       // line that is not a field, it belongs to no field.
       if (current) current.parts.push(line);
-      first = false;
       continue;
     }
 
     finish();
 
-    const isMboxFrom =
-      first && line.subarray(0, 5).toString('latin1') === 'From ';
-    first = false;
-    if (isMboxFrom) continue;
-
+    // Not a field: skipped, like an mbox "From " line ("From" and a space
+    // then an address, never a colon right after the name). "From : x" is
+    // a field by this rule and is kept as one.
     const nameEnd = fieldNameEnd(line);
     if (nameEnd === -1) continue;
 
@@ -168,6 +165,7 @@ function parseFields(block: Buffer, out: Field[]): void {
   }
 
   finish();
+  return out;
 }
 
 /**
@@ -177,19 +175,13 @@ function parseFields(block: Buffer, out: Field[]): void {
  * fields are found in it on first lookup. A field starts at a line whose
  * text before the first colon is a name of printable ASCII; lines that start
  * with a space or tab continue it. A first line starting with a space or
- * tab, an mbox `From ` first line and lines without a name and colon stay in
- * the bytes but are never returned as fields. Values are unfolded, decoded
+ * tab and lines without a name and colon (an mbox `From ` line among them)
+ * stay in the bytes but are never returned as fields. Values are unfolded, decoded
  * as UTF-8 (invalid bytes become U+FFFD) and stripped of the spaces and tabs
  * after the colon. Name lookups ignore ASCII case.
  */
 export class Headers {
   readonly #bytes: Buffer;
-  /**
-   * Offsets where a block that was written on its own starts: 0, then the
-   * end of each prepended field. Parsing each part alone keeps a leading
-   * continuation line of the original block from joining a prepended field.
-   */
-  readonly #parts: number[];
   #fields: Field[] | null = null;
 
   /**
@@ -198,7 +190,6 @@ export class Headers {
    */
   constructor(bytes: Buffer | Uint8Array = Buffer.alloc(0)) {
     this.#bytes = toBuffer(bytes, 'header block');
-    this.#parts = [0];
   }
 
   /**
@@ -235,32 +226,17 @@ export class Headers {
 
   /** A new view of `field` followed by this block; this one is unchanged. */
   withPrepended(field: Buffer): Headers {
-    const bytes = Buffer.concat([field, this.#bytes]);
-    const headers = new Headers(bytes);
-    headers.#parts.push(...this.#parts.map((p) => p + field.length));
-    return headers;
+    return new Headers(Buffer.concat([field, this.#bytes]));
   }
 
   /** A view of a private copy of the bytes. */
   copy(): Headers {
-    const headers = new Headers(ownCopy(this.#bytes));
-    headers.#parts.splice(0, 1, ...this.#parts);
-    return headers;
+    return new Headers(ownCopy(this.#bytes));
   }
 
   #index(): Field[] {
-    if (this.#fields) return this.#fields;
-
-    const fields: Field[] = [];
-    const parts = [...new Set(this.#parts)];
-
-    for (let i = 0; i < parts.length; i++) {
-      const end = i + 1 < parts.length ? parts[i + 1] : this.#bytes.length;
-      parseFields(this.#bytes.subarray(parts[i], end), fields);
-    }
-
-    this.#fields = fields;
-    return fields;
+    this.#fields ??= parseFields(this.#bytes);
+    return this.#fields;
   }
 }
 
@@ -309,30 +285,53 @@ function splitFolds(value: Buffer): Buffer[] {
   return pieces;
 }
 
+/** Index of the last byte that is not a space or tab, or -1. */
+function lastText(line: Buffer, start = 0): number {
+  let i = line.length - 1;
+  while (i >= start && isWsp(line[i])) i--;
+  return i >= start ? i : -1;
+}
+
+function whitespaceLineError(): TypeError {
+  // RFC 5322 allows no such line, and some readers take it for the empty
+  // line that ends the header block.
+  return new TypeError(
+    'header value would write a line of only spaces and tabs',
+  );
+}
+
 /**
  * Breaks one physical line so no piece exceeds the line limit. `prefix` is
  * the count of octets before `line` on its first output line (the name and
  * `: `), and only the value's own spaces and tabs are break points: the
- * break goes before one, which then starts the next line.
+ * break goes before one, which then starts the next line. Every piece
+ * after the first line of the field holds something other than spaces and
+ * tabs.
  */
 function foldLong(line: Buffer, prefix: number): Buffer[] {
   const out: Buffer[] = [];
   let start = 0;
   let used = prefix;
 
+  if (used === 0 && lastText(line) === -1) throw whitespaceLineError();
+
   while (used + line.length - start > MAX_LINE_OCTETS) {
     // The furthest break that keeps this line within the limit and leaves
-    // it something other than spaces and tabs.
+    // text both before it and after it: a break inside trailing spaces
+    // would start a line of spaces only.
     let cut = -1;
     const limit = start + MAX_LINE_OCTETS - used;
+    const last = lastText(line, start);
 
-    for (let i = Math.min(limit, line.length - 1); i > start; i--) {
+    for (let i = Math.min(limit, last - 1); i > start; i--) {
       if (isWsp(line[i])) {
         cut = i;
         break;
       }
     }
 
+    // A nearer break only shortens this line, so when the furthest one
+    // leaves it spaces only, every one does.
     let hasText = used > 0;
     for (let i = start; cut !== -1 && !hasText && i < cut; i++) {
       if (!isWsp(line[i])) hasText = true;
@@ -341,7 +340,7 @@ function foldLong(line: Buffer, prefix: number): Buffer[] {
     if (cut === -1 || !hasText) {
       throw new TypeError(
         `header line would exceed ${MAX_LINE_OCTETS} octets and has no ` +
-          'space or tab to fold at',
+          'space or tab to fold at that leaves text on both lines',
       );
     }
 
@@ -384,6 +383,18 @@ function buildField(name: unknown, value: unknown, eol: Buffer): Buffer {
   return Buffer.concat(chunks);
 }
 
+/** A copy of `recipients`, which must be an array of strings. */
+function recipientsFrom(recipients: unknown, what: string): string[] {
+  if (
+    !Array.isArray(recipients) ||
+    !recipients.every((r) => typeof r === 'string')
+  ) {
+    throw new TypeError(`${what} must be an array of strings`);
+  }
+
+  return [...recipients];
+}
+
 function clientFrom(client: Partial<ClientInfo> = {}): ClientInfo {
   return {
     ip: client.ip ?? null,
@@ -417,10 +428,16 @@ export class Envelope {
   /**
    * An envelope with an empty header block and an empty body. The
    * recipients and client given are copied, not kept.
+   *
+   * @throws TypeError when `recipients` is given and is not an array of
+   *   strings.
    */
   constructor(init: EnvelopeInit = {}) {
     this.sender = init.sender ?? null;
-    this.recipients = [...(init.recipients ?? [])];
+    this.recipients =
+      init.recipients === undefined
+        ? []
+        : recipientsFrom(init.recipients, 'recipients');
     this.headers = new Headers();
     this.message = Buffer.alloc(0);
     this.client = clientFrom(init.client);
@@ -476,15 +493,19 @@ export class Envelope {
    *
    * The field ends with the first line ending of the message (CRLF when it
    * has none), and folds already in `value` are written with that ending. A
-   * line over 998 octets is folded before a space or tab of the value.
+   * line over 998 octets is folded before a space or tab of the value, and
+   * never so that a line holds only spaces and tabs.
    *
-   * Fields are read back from stored bytes as one block, so a block that
-   * began with a continuation line reads, once stored, as part of the new
-   * field.
+   * The header block is read as one, here and once stored: when it began
+   * with a continuation line (a line starting with a space or tab), that
+   * line continues the new field. `prependHeader('X', 'v')` on
+   * `" lead\r\nA: 1\r\n\r\n"` gives `headers.get('x') === 'v lead'`.
    *
    * @throws TypeError when the name is not printable ASCII without `:`, the
-   *   value is not a string, holds a line break that is not a fold, or has a
-   *   run too long to fit a line; the envelope is then unchanged.
+   *   value is not a string, holds a line break that is not a fold, would
+   *   write a line of only spaces and tabs (a fold followed by nothing but
+   *   whitespace), or has a run too long to fit a line; the envelope is
+   *   then unchanged.
    */
   prependHeader(name: string, value: string): void {
     const eol = lineEndingOf(this.headers.bytes, this.message);
@@ -497,15 +518,18 @@ export class Envelope {
    *
    * @param newRecipients - recipients for the copy (copied; `[]` is kept
    *   as empty); by default those of this envelope.
+   * @throws TypeError when `newRecipients` is given and is not an array of
+   *   strings.
    */
   copy(newRecipients?: string[]): Envelope {
-    if (newRecipients !== undefined && !Array.isArray(newRecipients)) {
-      throw new TypeError('newRecipients must be an array of strings');
-    }
+    const recipients =
+      newRecipients === undefined
+        ? this.recipients
+        : recipientsFrom(newRecipients, 'newRecipients');
 
     const envelope = new Envelope({
       sender: this.sender,
-      recipients: newRecipients ?? this.recipients,
+      recipients,
       client: this.client,
       receiver: this.receiver,
       timestamp: this.timestamp,

@@ -123,6 +123,8 @@ napi_value MakeFsError(napi_env env, const fs_result& r) {
   return err;
 }
 
+constexpr size_t kCopyBelow = 4096;
+
 napi_value MakeFile(napi_env env, fs_batch_file& f) {
   if (f.result.error != 0) return MakeFsError(env, f.result);
 
@@ -130,6 +132,15 @@ napi_value MakeFile(napi_env env, fs_batch_file& f) {
   if (f.len == 0) {
     void* data;
     napi_create_buffer(env, 0, &data, &buf);
+    return buf;
+  }
+
+  // A small file is cheaper copied than handed over: an external
+  // Buffer costs a finalizer and a backing store of its own, which a
+  // scan of a million meta files would pay a million times.
+  if (f.len <= kCopyBelow) {
+    void* copy;
+    napi_create_buffer_copy(env, f.len, f.data, &copy, &buf);
     return buf;
   }
 
@@ -252,10 +263,8 @@ void ThrowInvalid(Napi::Env env, const std::string& message) {
 
 // A path goes to the OS as a C string: an embedded NUL would silently
 // cut it short, so it is refused as Node's fs refuses it.
-bool GetPath(Napi::Object obj, const char* key, std::string* out) {
-  Napi::Env env = obj.Env();
-  Napi::Value v = obj.Get(key);
-  if (env.IsExceptionPending()) return false;
+bool ToPath(Napi::Value v, const char* key, std::string* out) {
+  Napi::Env env = v.Env();
   if (!v.IsString()) {
     ThrowInvalid(env, std::string(key) + " must be a string");
     return false;
@@ -267,6 +276,12 @@ bool GetPath(Napi::Object obj, const char* key, std::string* out) {
     return false;
   }
   return true;
+}
+
+bool GetPath(Napi::Object obj, const char* key, std::string* out) {
+  Napi::Value v = obj.Get(key);
+  if (obj.Env().IsExceptionPending()) return false;
+  return ToPath(v, key, out);
 }
 
 bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
@@ -418,12 +433,11 @@ Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
   job->batch.data = job.get();
 
   Napi::Array paths = info[0].As<Napi::Array>();
-  Napi::Object holder = Napi::Object::New(env);
   job->batch.files.resize(paths.Length());
   for (uint32_t i = 0; i < paths.Length(); i++) {
-    holder.Set("path", paths.Get(i));
+    Napi::Value path = paths.Get(i);
     if (env.IsExceptionPending()) return Napi::Value();
-    if (!GetPath(holder, "path", &job->batch.files[i].path)) {
+    if (!ToPath(path, "path", &job->batch.files[i].path)) {
       return Napi::Value();
     }
   }
@@ -457,10 +471,8 @@ Napi::Value SyncDir(const Napi::CallbackInfo& info) {
     return Napi::Value();
   }
 
-  Napi::Object holder = Napi::Object::New(env);
-  holder.Set("path", info[0]);
   std::string path;
-  if (!GetPath(holder, "path", &path)) return Napi::Value();
+  if (!ToPath(info[0], "path", &path)) return Napi::Value();
 
   auto job = std::make_unique<SyncDirJob>();
   job->addon = addon;

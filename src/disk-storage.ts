@@ -116,6 +116,8 @@ const ENV_SUFFIX = '.env';
 const META_SUFFIX = '.meta';
 const TMP_PATTERN = /^([0-9a-f]{32})\.(env|meta)\.(\d+)\.[0-9a-f]{8}\.tmp$/;
 const LOAD_BATCH = 256;
+/** Batches load() reads ahead of the one it yields from. */
+const LOAD_AHEAD = 2;
 const MAX_ATTEMPTS = 0xffffffff;
 
 let warnedFallback = false;
@@ -464,35 +466,38 @@ export class DiskStorage extends EventEmitter {
         ),
       ] as const);
 
-    // Read ahead: the next batch is listed and read while this one is
-    // checked and consumed. A promise held for later is marked handled
-    // now; its error, if any, comes out where it is awaited.
+    // TODO: 100,000 messages load in about 1.8 s here (native) against a
+    // 1 s goal: each meta read is open+fstat+read+close and each env check
+    // an lstat, by full path, one thread per batch; openat/fstatat on a
+    // directory fd, or more batches in parallel, would cut it further.
+    // Read ahead: the next batches are listed and read while this one is
+    // checked and consumed; the limiter bounds the calls in flight. A
+    // promise held for later is marked handled now; its error, if any,
+    // comes out where it is awaited.
     const batches = this.scan(this.metaDir, META_SUFFIX);
-    const ahead = <T>(p: Promise<T>): Promise<T> => {
-      p.catch(() => undefined);
-      return p;
-    };
-    let next = ahead(batches.next());
-    let fetched: ReturnType<typeof fetch> | null = null;
+    const queue: ReturnType<typeof fetch>[] = [];
+    let listed = false;
     try {
       for (;;) {
-        const listed = await next;
-        if (fetched === null && listed.done) break;
-        const current = fetched;
-        fetched = listed.done ? null : ahead(fetch(listed.value));
-        if (!listed.done) next = ahead(batches.next());
-        if (current === null) continue;
+        while (!listed && queue.length < LOAD_AHEAD) {
+          const next = await batches.next();
+          if (next.done) listed = true;
+          else queue.push(fetch(next.value));
+          queue[queue.length - 1]?.catch(() => undefined);
+        }
+        const current = queue.shift();
+        if (current === undefined) break;
 
         const [ids, files, envStats] = await current;
         for (let i = 0; i < ids.length; i++) {
-          const found = await this.checkScanned(
-            ids[i],
-            files[i],
-            envStats[i],
-          );
-          if (!found) continue;
-          claimed.add(found.id);
-          yield [found.timestamp, found.id];
+          const found = this.intactMeta(ids[i], files[i], envStats[i]);
+          const meta =
+            found === undefined
+              ? await this.checkScanned(ids[i], files[i], envStats[i])
+              : found;
+          if (meta === null) continue;
+          claimed.add(meta.id);
+          yield [meta.timestamp, meta.id];
         }
       }
     } finally {
@@ -615,6 +620,10 @@ export class DiskStorage extends EventEmitter {
     return steps;
   }
 
+  // TODO: a plan waiting for a shared directory sync holds no pool thread
+  // but keeps its limiter slot, so with the default cap of 3 few plans
+  // ever wait together and group commit saves little; freeing the slot
+  // there needs the backend to report when a plan starts waiting.
   private async runPlan(steps: Step[]): Promise<void> {
     const tmps = steps.flatMap((s) => (s.op === 'write_tmp' ? [s.path] : []));
     for (const t of tmps) liveTmpFiles.add(t);
@@ -626,6 +635,26 @@ export class DiskStorage extends EventEmitter {
   }
 
   // --- recovery ---------------------------------------------------------
+
+  /**
+   * The common case of a scanned meta file without a promise: the meta
+   * when file and env size say it is intact, else undefined, to be
+   * decided by checkScanned().
+   */
+  private intactMeta(
+    id: string,
+    file: Buffer | NodeJS.ErrnoException,
+    envStat: FileStat | NodeJS.ErrnoException,
+  ): Meta | undefined {
+    if (file instanceof Error || envStat instanceof Error) return undefined;
+    let meta: Meta;
+    try {
+      meta = decodeMeta(file, id, this.metaPath(id));
+    } catch {
+      return undefined;
+    }
+    return envStat.size === meta.envSize ? meta : undefined;
+  }
 
   /**
    * Decides what one scanned meta file is: an intact message (returned),

@@ -176,9 +176,9 @@ function parseFields(block: Buffer): Field[] {
  * text before the first colon is a name of printable ASCII; lines that start
  * with a space or tab continue it. A first line starting with a space or
  * tab and lines without a name and colon (an mbox `From ` line among them)
- * stay in the bytes but are never returned as fields. Values are unfolded, decoded
- * as UTF-8 (invalid bytes become U+FFFD) and stripped of the spaces and tabs
- * after the colon. Name lookups ignore ASCII case.
+ * stay in the bytes but are never returned as fields. Values are unfolded,
+ * decoded as UTF-8 (invalid bytes become U+FFFD) and stripped of the
+ * spaces and tabs after the colon. Name lookups ignore ASCII case.
  */
 export class Headers {
   readonly #bytes: Buffer;

@@ -334,7 +334,7 @@ describe('Envelope#prependHeader()', () => {
     assert.equal(flat(env).toString('latin1'), 'X: v\nA: 1x\ny');
   });
 
-  it('reads a leading continuation line as part of the new field, also once stored', () => {
+  it('reads a leading continuation line into the new field, also stored', () => {
     const raw = ' lead\r\nA: 1\r\n\r\n';
     const env = parsed(raw);
     env.prependHeader('X', 'v');
@@ -444,7 +444,7 @@ describe('Envelope#prependHeader()', () => {
     assert.equal(env.headers.get('x-long'), value);
   });
 
-  it('keeps folded lines within 998 octets, with text, and unfolds to the value', () => {
+  it('folds to lines of text within 998 octets that unfold to the value', () => {
     const word = fc.stringMatching(/^[a-zA-Z0-9.\u00e9\u65e5]{1,400}$/);
     const spaces = fc
       .tuple(fc.constantFrom(' ', '\t', ' \t'), fc.nat({ max: 1200 }))

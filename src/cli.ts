@@ -4,7 +4,8 @@
  *
  * Queued mail is untrusted input. Everything shown to a person goes
  * through {@link visible} first, so no byte of a message or an envelope
- * field can reach the terminal as a control sequence.
+ * field can reach the terminal as a control sequence or a format
+ * character.
  */
 
 import { constants as fsConstants } from 'node:fs';
@@ -24,9 +25,9 @@ import {
   type QuarantineReport,
 } from './disk-storage';
 import { Envelope } from './envelope';
-import { NotFoundError } from './errors';
 import { ID_PATTERN } from './format';
 import { loadNative } from './native';
+import { jsonLine, visible, visibleText } from './visible';
 
 /** A stream the CLI writes to; process.stdout and process.stderr fit. */
 export interface Output {
@@ -67,8 +68,9 @@ class Failure extends Error {}
 /**
  * Runs the command line `argv` (the arguments after the program name)
  * and resolves with the exit status: 0 ok, 1 failure, 2 usage. Never
- * rejects. It exits the process only when process.stdout is a pipe that
- * its reader closed.
+ * rejects. It exits the process only when writing to process.stdout
+ * fails: quietly with the status so far when its reader closed the pipe,
+ * with one error line and status 1 on any other error.
  */
 export async function main(
   argv: string[],
@@ -83,11 +85,29 @@ export async function main(
       );
     }
 
-    await buildProgram(io).parseAsync(argv, { from: 'user' });
+    const program = buildProgram(io);
+    checkHelpTopic(program, argv);
+
+    await program.parseAsync(argv, { from: 'user' });
     return EXIT_OK;
   } catch (err) {
     return report(err, io.stderr);
   }
+}
+
+/**
+ * `help NAME` for a command that does not exist. Commander answers it
+ * with the whole help on stderr; a mistyped name deserves one line.
+ */
+function checkHelpTopic(program: Command, argv: string[]): void {
+  if (argv[0] !== 'help' || argv.length < 2) return;
+
+  const topic = argv[1];
+  if (topic === 'help' || program.commands.some((c) => c.name() === topic)) {
+    return;
+  }
+
+  throw new UsageError(`unknown command '${topic}'`);
 }
 
 /** Prints one line for `err` and returns the exit status. */
@@ -128,15 +148,22 @@ const closedPipeHandled = new WeakSet<object>();
 
 /**
  * `slimta-queue list | head` closes the pipe early; the rest of the
- * output has nowhere to go, which is no error.
+ * output has nowhere to go, which is no error. Any other write error
+ * (a full disk, EIO) is one line and status 1. Both end the process at
+ * once: a write waiting for 'drain' on a broken stream would never
+ * resume, so main() could not report it.
  */
 function quietOnClosedPipe(stream: Output): void {
   if (stream !== process.stdout || closedPipeHandled.has(stream)) return;
   closedPipeHandled.add(stream);
 
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE') throw err;
-    process.exit(process.exitCode ?? EXIT_OK);
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? EXIT_OK);
+
+    process.stderr.write(
+      errorLine(`cannot write to standard output: ${osReason(err)}`),
+    );
+    process.exit(EXIT_FAILURE);
   });
 }
 
@@ -184,7 +211,8 @@ function buildProgram(io: CliIo): Command {
     )
     .option(
       '--at <seconds>',
-      'next delivery attempt, Unix seconds (default: now)',
+      'next delivery attempt, Unix seconds, such as 1700000000.5 ' +
+        '(default: now)',
       parseSeconds,
     )
     .option('--json', 'print {id, file, bytes} as one JSON object a line')
@@ -219,8 +247,9 @@ function buildProgram(io: CliIo): Command {
     .command('show')
     .description(
       'Show one message: its envelope, a blank line, then the message, ' +
-        'like postcat. Control bytes are shown as escapes (\\x1b, \\r, ' +
-        '\\u009b); invalid UTF-8 as \\xNN.',
+        'like postcat. Control bytes and Unicode format characters are ' +
+        'shown as escapes (\\x1b, \\r, \\u009b, \\u202e); invalid ' +
+        'UTF-8 as \\xNN.',
     )
     .addOption(queueOption())
     .addOption(
@@ -232,7 +261,7 @@ function buildProgram(io: CliIo): Command {
       '--json',
       'print the envelope as JSON, the message base64 in "message"',
     )
-    .argument('<id>', 'message id (32 hexadecimal characters)')
+    .argument('<id>', 'message id (32 lowercase hexadecimal characters)')
     .addHelpText('after', EXIT_HELP)
     .action((id: string, opts: ShowOptions) => show(id, opts, io));
 
@@ -271,9 +300,13 @@ function collectAddress(value: string, previous?: string[]): string[] {
 }
 
 function parseSeconds(value: string): number {
-  const seconds = value.trim() === '' ? NaN : Number(value);
+  // Number() would also take "0x10", "1e9", "-5" and " 5 ".
+  const seconds = /^[0-9]+(\.[0-9]+)?$/.test(value) ? Number(value) : NaN;
   if (!Number.isFinite(seconds)) {
-    throw new OptionValueError('expected a number of Unix seconds');
+    throw new OptionValueError(
+      'expected Unix seconds as a non-negative decimal number, ' +
+        'such as 1700000000 or 1700000000.5',
+    );
   }
   return seconds;
 }
@@ -345,7 +378,7 @@ async function checkQueueDir(dir: string): Promise<void> {
 /** "ENOENT: no such file or directory" without the syscall and path. */
 function osReason(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
-  return message.replace(/, \w+ '[^]*'$/, '');
+  return message.replace(/, \w+( '[^]*')?$/, '');
 }
 
 function checkId(id: string): void {
@@ -527,6 +560,8 @@ async function list(opts: ListOptions, io: CliIo): Promise<void> {
     for await (const entry of store.load()) found.push(entry);
 
     for (const [nextAttempt, id] of found) {
+      // A whole read per message: the sender and the remaining recipients
+      // live only in the envelope file.
       const row = await readRow(store, id, nextAttempt);
 
       if (row instanceof Error) {
@@ -551,7 +586,8 @@ async function list(opts: ListOptions, io: CliIo): Promise<void> {
   }
 
   if (rows.length === 0 && damaged > 0) {
-    throw new Failure(`none of the ${damaged} messages could be read`);
+    const found = `${damaged} message${damaged === 1 ? '' : 's'} found`;
+    throw new Failure(`${found}, none could be read`);
   }
 }
 
@@ -575,8 +611,10 @@ async function readRow(
       recipients: envelope.recipients,
     };
   } catch (err) {
-    if (err instanceof NotFoundError) return null;
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    // By code, not instanceof: every QueueError has a code, and the code
+    // is the stable part of the contract.
+    const { code } = err as { code?: unknown };
+    if (code === 'ERR_QUEUE_NOT_FOUND' || code === 'ENOENT') return null;
     return err instanceof Error ? err : new Error(String(err));
   }
 }
@@ -714,10 +752,7 @@ async function show(id: string, opts: ShowOptions, io: CliIo): Promise<void> {
 
 // --- output ----------------------------------------------------------------
 
-const TAB = 0x09;
 const LF = 0x0a;
-const CR = 0x0d;
-const DEL = 0x7f;
 
 /** Writes, waiting for the stream to drain when its buffer is full. */
 async function write(
@@ -731,117 +766,8 @@ async function write(
   });
 }
 
-/**
- * One JSON line. JSON.stringify escapes C0 controls but not DEL or C1
- * controls, which some terminals obey: those are escaped too.
- */
-function jsonLine(value: unknown): string {
-  const json = JSON.stringify(value).replace(
-    /[\u007f-\u009f]/g,
-    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
-  return `${json}\n`;
-}
-
 function isoTime(seconds: number): string {
   const date = new Date(seconds * 1000);
   if (Number.isNaN(date.getTime())) return String(seconds);
   return date.toISOString().replace(/\.\d{3}Z$/, 'Z');
-}
-
-/** A string with every control character escaped, line breaks included. */
-function visibleText(text: string): string {
-  return visible(Buffer.from(text, 'utf8'), false).toString('utf8');
-}
-
-const CONTROL_NAMES: Record<number, string> = {
-  [TAB]: '\\t',
-  [LF]: '\\n',
-  [CR]: '\\r',
-};
-
-/**
- * Bytes made safe for a terminal: valid UTF-8 that is not a control
- * character is kept; C0 controls, DEL and C1 controls become escapes such
- * as `\x1b` and `\u009b`, and each invalid UTF-8 byte becomes `\xNN`.
- *
- * With `keepLines`, TAB and LF are kept and CRLF becomes LF; a CR not
- * followed by LF is still shown as `\r`. Backslashes are not escaped, so
- * the text `\x1b` in a message looks like an escaped ESC.
- */
-export function visible(bytes: Buffer, keepLines: boolean): Buffer {
-  const out: Buffer[] = [];
-  let clean = 0;
-  let i = 0;
-
-  const escape = (text: string, next: number): void => {
-    out.push(bytes.subarray(clean, i), Buffer.from(text, 'latin1'));
-    i = next;
-    clean = next;
-  };
-
-  while (i < bytes.length) {
-    const b = bytes[i];
-
-    if (b >= 0x20 && b < DEL) {
-      i++;
-    } else if (b < 0x80) {
-      if (keepLines && (b === TAB || b === LF)) {
-        i++;
-      } else if (keepLines && b === CR && bytes[i + 1] === LF) {
-        escape('\n', i + 2);
-      } else {
-        escape(CONTROL_NAMES[b] ?? `\\x${hex2(b)}`, i + 1);
-      }
-    } else {
-      const length = utf8Length(bytes, i);
-
-      if (length === 0) {
-        escape(`\\x${hex2(b)}`, i + 1);
-      } else if (b === 0xc2 && bytes[i + 1] <= 0x9f) {
-        escape(`\\u00${hex2(bytes[i + 1])}`, i + 2);
-      } else {
-        i += length;
-      }
-    }
-  }
-
-  if (clean === 0) return bytes;
-  out.push(bytes.subarray(clean));
-  return Buffer.concat(out);
-}
-
-/** Length of the well-formed UTF-8 sequence at `i`, or 0 (RFC 3629). */
-function utf8Length(bytes: Buffer, i: number): number {
-  const b = bytes[i];
-  let length: number;
-  let low = 0x80;
-  let high = 0xbf;
-
-  if (b >= 0xc2 && b <= 0xdf) {
-    length = 2;
-  } else if (b >= 0xe0 && b <= 0xef) {
-    length = 3;
-    if (b === 0xe0) low = 0xa0; // overlong
-    if (b === 0xed) high = 0x9f; // surrogates
-  } else if (b >= 0xf0 && b <= 0xf4) {
-    length = 4;
-    if (b === 0xf0) low = 0x90; // overlong
-    if (b === 0xf4) high = 0x8f; // above U+10FFFF
-  } else {
-    return 0;
-  }
-
-  for (let k = 1; k < length; k++) {
-    const c = bytes[i + k];
-    const min = k === 1 ? low : 0x80;
-    const max = k === 1 ? high : 0xbf;
-    if (c === undefined || c < min || c > max) return 0;
-  }
-
-  return length;
-}
-
-function hex2(byte: number): string {
-  return byte.toString(16).padStart(2, '0');
 }

@@ -56,6 +56,42 @@ function assertOneErrorLine(r, status) {
   assert.match(r.stderr, /^slimta-queue: [^\n]+\n$/);
 }
 
+/** C0 but LF, DEL, C1, format characters and the line separators. */
+const UNSAFE_CHAR = /[\x00-\x09\x0b-\x1f\x7f-\x9f\p{Cf}\u2028\u2029]/u;
+
+/**
+ * Fails unless `out` is valid UTF-8 (so no raw 0x80-0x9f byte) holding
+ * no control or format character. LF is allowed everywhere, TAB only
+ * after the first empty line, in the message that `show` prints.
+ */
+function assertNoControlBytes(out, { message = false } = {}) {
+  let text;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(out);
+  } catch {
+    assert.fail('output is not valid UTF-8');
+  }
+
+  const split = message ? text.indexOf('\n\n') : -1;
+  const parts =
+    split === -1 ? [text, ''] : [text.slice(0, split), text.slice(split)];
+
+  for (const [part, allowTab] of [[parts[0], false], [parts[1], true]]) {
+    const found = part.replace(allowTab ? /\t/g : /^$/, '').match(UNSAFE_CHAR);
+    if (found) {
+      const cp = found[0].codePointAt(0).toString(16);
+      assert.fail(`U+${cp.padStart(4, '0')} in output: ${JSON.stringify(part)}`);
+    }
+  }
+}
+
+/** Flips one byte six from the end of `file`. */
+function flipNearEnd(file) {
+  const bytes = fs.readFileSync(file);
+  bytes[bytes.length - 6] ^= 0xff;
+  fs.writeFileSync(file, bytes);
+}
+
 describe('slimta-queue', function () {
   this.timeout(120000);
   const tmp = useTempDir('slimta-cli-');
@@ -286,6 +322,23 @@ describe('slimta-queue', function () {
       assert.deepEqual(snapshot(queue()), before);
     });
 
+    it('warns about a damaged env file, fails as it was the only one', function () {
+      const id = enqueueBytes('Subject: x\n\nbody\n', ['-f', 'a@x', '-t', 'b@y']);
+      flipNearEnd(path.join(queue(), 'env', `${id}.env`));
+      const before = snapshot(queue());
+
+      const r = run(['list', '-q', queue()]);
+      assert.equal(r.status, 1, r.stderr);
+      const lines = r.stderr.trimEnd().split('\n');
+      assert.equal(lines.length, 2, r.stderr);
+      assert.match(
+        lines[0],
+        new RegExp(`^slimta-queue: warning: skipped message ${id}: .*checksum`),
+      );
+      assert.equal(lines[1], 'slimta-queue: 1 message found, none could be read');
+      assert.deepEqual(snapshot(queue()), before);
+    });
+
     it('reads a queue that has no tmp/ directory', function () {
       const id = enqueueBytes('Subject: x\n\n', ['-f', 'a@x', '-t', 'b@y']);
       fs.rmdirSync(path.join(queue(), 'tmp'));
@@ -311,48 +364,56 @@ describe('slimta-queue', function () {
     const ESC_RAW = Buffer.concat([
       Buffer.from('Subject: \x1b[31mred\x1b[0m \x07bell\x7f\r\n', 'latin1'),
       Buffer.from('X-C1: \xc2\x9b6n csi\r\n', 'latin1'),
-      Buffer.from('X-Bad: \xff\xfe\r\n\r\n', 'latin1'),
+      Buffer.from('X-Bad: \xff\xfe\r\n', 'latin1'),
+      Buffer.from('X-Raw-C1: \x9b6n \x80\x85\x9f\r\n', 'latin1'),
+      Buffer.from('X-Bidi: \u202eevil\u2066 \u200b\ufeff\r\n\r\n', 'utf8'),
       Buffer.from('body \x1b]0;title\x07 bare\rcr \xc2\x85 end\r\n', 'latin1'),
-      Buffer.from('caf\xc3\xa9 stays\n', 'latin1'),
+      Buffer.from('line\u2028sep \u{e0001}tag', 'utf8'),
+      Buffer.from(' \x9b raw\r\n', 'latin1'),
+      Buffer.from('tab\tkept caf\xc3\xa9 stays\n', 'latin1'),
     ]);
-
-    function assertNoControlBytes(out) {
-      for (const byte of [0x1b, 0x07, 0x7f, 0x00]) {
-        assert.equal(out.indexOf(byte), -1, `byte ${byte} in output`);
-      }
-      for (let i = 0; i < out.length; i++) {
-        if (out[i] === 0x0d) assert.fail(`CR at ${i}`);
-        if (out[i] === 0xc2 && out[i + 1] >= 0x80 && out[i + 1] <= 0x9f) {
-          assert.fail(`C1 control at ${i}`);
-        }
-      }
-    }
 
     it('shows control bytes of message and envelope as escapes', function () {
       const id = enqueueBytes(ESC_RAW, [
-        '--from', 'evil\x1b[2J@x',
-        '--to', 'r\x07\u009b@y', '--to', 'plain@y',
+        '--from', 'evil\x1b[2J@x\u202e',
+        '--to', 'r\x07\u009b@y', '--to', 'a\tb@x', '--to', 'plain@y',
       ]);
 
       const r = run(['show', '-q', queue(), id]);
       assert.equal(r.status, 0, r.stderr);
-      assertNoControlBytes(r.stdout);
+      assertNoControlBytes(r.stdout, { message: true });
       const text = r.text;
-      assert.match(text, /\nsender: evil\\x1b\[2J@x\n/);
+      assert.match(text, /\nsender: evil\\x1b\[2J@x\\u202e\n/);
       assert.match(text, /\nrecipient: r\\x07\\u009b@y\n/);
+      assert.match(text, /\nrecipient: a\\tb@x\n/);
       assert.ok(text.includes('Subject: \\x1b[31mred\\x1b[0m \\x07bell\\x7f\n'));
       assert.ok(text.includes('X-C1: \\u009b6n csi\n'));
       assert.ok(text.includes('X-Bad: \\xff\\xfe\n'));
+      assert.ok(text.includes('X-Raw-C1: \\x9b6n \\x80\\x85\\x9f\n'));
+      assert.ok(text.includes('X-Bidi: \\u202eevil\\u2066 \\u200b\\ufeff\n'));
       assert.ok(text.includes('body \\x1b]0;title\\x07 bare\\rcr \\u0085 end\n'));
-      assert.ok(text.includes('café stays\n'));
+      assert.ok(text.includes('line\\u2028sep \\u{e0001}tag \\x9b raw\n'));
+      assert.ok(text.includes('tab\tkept café stays\n'));
 
       const raw = run(['show', '-q', queue(), '--raw', id]);
       assert.deepEqual(raw.stdout, ESC_RAW);
     });
 
+    it('fails with one line for a damaged env file', function () {
+      const id = enqueueBytes('Subject: x\n\nbody\n', ['-f', 'a@x', '-t', 'b@y']);
+      flipNearEnd(path.join(queue(), 'env', `${id}.env`));
+      for (const flags of [[], ['--raw'], ['--json']]) {
+        const r = run(['show', '-q', queue(), ...flags, id]);
+        assertOneErrorLine(r, 1);
+        assert.match(r.stderr, new RegExp(`${id}\\.env'?: checksum`));
+        assert.equal(r.text, '');
+      }
+    });
+
     it('escapes the same bytes in list and in JSON output', function () {
       const id = enqueueBytes(ESC_RAW, [
-        '--from', 'evil\x1b@x', '--to', 'r\x7f\u0085@y',
+        '--from', 'evil\x1b@x\u2067', '--to', 'r\x7f\u0085@y',
+        '--to', 't\tab\u202e@y',
       ]);
       for (const args of [
         ['list', '-q', queue()],
@@ -363,9 +424,16 @@ describe('slimta-queue', function () {
         assert.equal(r.status, 0, r.stderr);
         assertNoControlBytes(r.stdout);
       }
-      const json = JSON.parse(ok(['list', '-q', queue(), '--json']));
-      assert.equal(json.sender, 'evil\x1b@x');
-      assert.deepEqual(json.recipients, ['r\x7f\u0085@y']);
+      assert.match(
+        ok(['list', '-q', queue()]),
+        / evil\\x1b@x\\u2067 +r\\x7f\\u0085@y, t\\tab\\u202e@y\n/,
+      );
+      const line = ok(['list', '-q', queue(), '--json']);
+      assert.ok(line.includes('"evil\\u001b@x\\u2067"'), line);
+      assert.ok(line.includes('"t\\tab\\u202e@y"'), line);
+      const json = JSON.parse(line);
+      assert.equal(json.sender, 'evil\x1b@x\u2067');
+      assert.deepEqual(json.recipients, ['r\x7f\u0085@y', 't\tab\u202e@y']);
 
       const shown = JSON.parse(ok(['show', '-q', queue(), '--json', id]));
       assert.deepEqual(Buffer.from(shown.message, 'base64'), ESC_RAW);
@@ -397,7 +465,12 @@ describe('slimta-queue', function () {
       ['enqueue without --to', () => enq('-f', 'a', 'f'), 2],
       ['enqueue without files', () => enq(...send), 2],
       ['a --to with a line break', () => enq('-f', 'a', '-t', 'b\nc', 'f'), 2],
+      ['a --to with a CR', () => enq('-f', 'a', '-t', 'b\rc', 'f'), 2],
       ['a --at that is no number', () => enq(...send, '--at', 'x', 'f'), 2],
+      ['a hexadecimal --at', () => enq(...send, '--at', '0x10', 'f'), 2],
+      ['a negative --at', () => enq(...send, '--at', '-5', 'f'), 2],
+      ['an exponent in --at', () => enq(...send, '--at', '1e9', 'f'), 2],
+      ['help for an unknown command', () => ['help', 'bogus'], 2],
       ['show --raw with --json', () => show('--raw', '--json', anId), 2],
       ['an invalid id', () => show('not-an-id'), 2],
       ['an unreadable file', () => enq(...send, path.join(tmp(), 'no.eml')), 1],
@@ -414,6 +487,72 @@ describe('slimta-queue', function () {
         assert.equal(r.text, '', 'nothing on stdout');
       });
     }
+
+    it('refuses a --to with NUL (run in-process: argv cannot hold NUL)', async function () {
+      const { main } = require('../dist/cli.js');
+      const out = [];
+      const err = [];
+      const io = {
+        stdout: { write: (s) => out.push(String(s)) || true },
+        stderr: { write: (s) => err.push(String(s)) || true },
+      };
+      const args = ['enqueue', '-q', queue(), '-f', 'a', '-t', 'b\0c', 'f'];
+      assert.equal(await main(args, io), 2);
+      assert.equal(out.join(''), '');
+      assert.match(err.join(''), /^slimta-queue: [^\n]*CR, LF or NUL\n$/);
+      assert.equal(fs.existsSync(queue()), false);
+    });
+
+    it('says which command is unknown to help', function () {
+      const r = run(['help', 'bogus']);
+      assert.equal(r.stderr, "slimta-queue: unknown command 'bogus'\n");
+    });
+
+    it('stops quietly when the reader of its output goes away', function () {
+      // About 170 kB of output: more than a pipe holds, so the write
+      // meets the closed pipe.
+      const to = Array.from({ length: 3000 }, (_, i) => [
+        '-t',
+        `r${i}@${'x'.repeat(40)}.example`,
+      ]);
+      enqueueBytes('Subject: many\n\n', ['-f', 'a@x', ...to.flat()]);
+      const errFile = path.join(tmp(), 'stderr');
+      const r = spawnSync(
+        'bash',
+        [
+          '-c',
+          '"$0" "$1" list --json -q "$2" 2>"$3" | head -c 10 >/dev/null; ' +
+            'echo "${PIPESTATUS[0]}"',
+          process.execPath, BIN, queue(), errFile,
+        ],
+        { encoding: 'utf8', timeout: 60000 },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(fs.readFileSync(errFile, 'utf8'), '');
+      assert.equal(r.stdout, '0\n');
+    });
+
+    it('fails with one line when standard output cannot be written', function () {
+      if (!fs.existsSync('/dev/full')) this.skip();
+      const full = fs.openSync('/dev/full', 'w');
+      try {
+        for (const args of [['--help'], ['list', '-q', (withQueue(), queue())]]) {
+          const r = spawnSync(process.execPath, [BIN, ...args], {
+            stdio: ['ignore', full, 'pipe'],
+            encoding: 'utf8',
+            timeout: 60000,
+          });
+          assert.equal(r.status, 1, r.stderr);
+          assert.equal(
+            r.stderr,
+            'slimta-queue: cannot write to standard output: ' +
+              'ENOSPC: no space left on device\n',
+          );
+        }
+      } finally {
+        fs.closeSync(full);
+      }
+    });
 
     it('names the unknown id', function () {
       withQueue();
@@ -460,6 +599,13 @@ describe('slimta-queue', function () {
       assert.equal(err[0], '\r\x1b[Kenqueued 1/8');
       assert.ok(err.includes('\r\x1b[Kenqueued 8/8'));
       assert.equal(err.at(-1), '\r\x1b[K');
+    });
+
+    it('asks for a lowercase id in show --help', function () {
+      assert.match(
+        ok(['show', '--help']),
+        /\n  id +message id \(32 lowercase hexadecimal characters\)/,
+      );
     });
 
     it('prints the package version', function () {

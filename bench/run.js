@@ -39,7 +39,7 @@ const program = new Command()
   )
   .option(
     '--workload <names>',
-    'comma-separated workloads or cell ids, matched as prefixes: ' +
+    'comma-separated workloads, cell ids or their leading parts: ' +
       'write, life, load, get, write-32k, write-32k-c128, ...',
     list(),
   )
@@ -70,7 +70,9 @@ function selectCells(cells) {
     (c) =>
       (!opts.only || opts.only.includes(c.contender)) &&
       (!opts.workload ||
-        opts.workload.some((w) => c.id.startsWith(w) || c.workload === w)),
+        opts.workload.some(
+          (w) => c.workload === w || c.id === w || c.id.startsWith(`${w}-`),
+        )),
   );
 }
 
@@ -306,6 +308,15 @@ function writeResults(run) {
   return path.join('bench', 'results', name);
 }
 
+function removeScratch(scratch, scratchRoot) {
+  fs.rmSync(scratch, { recursive: true, force: true });
+  try {
+    fs.rmdirSync(scratchRoot);
+  } catch {
+    // Not empty: another run is using it, or it held files before.
+  }
+}
+
 async function main() {
   const scratchRoot = path.resolve(ROOT, opts.scratch);
   fs.mkdirSync(scratchRoot, { recursive: true });
@@ -318,7 +329,7 @@ async function main() {
   if (cells.length === 0) {
     process.stderr.write('bench: no cell matches --only/--workload\n');
     process.exitCode = 2;
-    fs.rmSync(scratch, { recursive: true, force: true });
+    removeScratch(scratch, scratchRoot);
     return;
   }
 
@@ -351,19 +362,17 @@ async function main() {
       );
     }
   } finally {
-    fs.rmSync(scratch, { recursive: true, force: true });
-    try {
-      fs.rmdirSync(scratchRoot);
-    } catch {
-      // Not empty: another run is using it, or it held files before.
-    }
+    progress('removing the scratch queues');
+    removeScratch(scratch, scratchRoot);
   }
   progress(`done, ${results.length} cells`, true);
   machine.loadAverageAtEnd = os.loadavg()[0];
 
   addRatios(results);
   const targets = evaluateTargets(results);
-  const command = ['npm run bench', ...process.argv.slice(2)].join(' ');
+  const args = process.argv.slice(2);
+  const command = ['npm run bench', ...(args.length ? ['--', ...args] : [])]
+    .join(' ');
   const date = new Date().toISOString();
   const table = formatTable(results);
   const targetTable = formatTargets(targets);

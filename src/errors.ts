@@ -5,10 +5,13 @@
  * whether to answer 4xx (trying again later may succeed) or 5xx:
  *
  * - OS errors are Node's own fs errors (`code`, `errno`, `syscall`, `path`,
- *   `dest`), passed through unchanged apart from the added `retryable`.
+ *   `dest`), passed through unchanged apart from the added `retryable` and
+ *   a `code` named from `errno` where libuv has no name for it.
  * - Queue errors are `QueueError`s with a stable `code` from
  *   `QueueErrorCode`; an OS error behind one is on `cause`.
  */
+
+import { constants as osConstants } from 'node:os';
 
 /** The stable codes of library errors. */
 export type QueueErrorCode =
@@ -177,11 +180,28 @@ const RETRYABLE_OS_CODES = new Set([
   'ESTALE',
 ]);
 
+// The libuv of Node 20 has no name for some errnos, EDQUOT among them, and
+// gives `code` as 'Unknown system error -122': the code a caller tests
+// for, and the retryable decision, would miss them.
+function osCode(e: NodeJS.ErrnoException): string | undefined {
+  const { code, errno } = e;
+  if (typeof code !== 'string' || !code.startsWith('Unknown system error')) {
+    return code;
+  }
+  const named = Object.entries(osConstants.errno).find(
+    ([, n]) => typeof errno === 'number' && n === -errno,
+  );
+  return named?.[0] ?? code;
+}
+
 /** Adds `retryable` to an OS error (or to anything thrown) and returns it. */
 export function classifyOsError(err: unknown): Error {
   const e = err instanceof Error ? err : new Error(String(err));
   if (!('retryable' in e)) {
-    const code = (e as NodeJS.ErrnoException).code;
+    const code = osCode(e);
+    if (code !== (e as NodeJS.ErrnoException).code) {
+      (e as NodeJS.ErrnoException).code = code;
+    }
     Object.defineProperty(e, 'retryable', {
       value: typeof code === 'string' && RETRYABLE_OS_CODES.has(code),
       enumerable: true,

@@ -403,8 +403,9 @@ export class DiskStorage extends EventEmitter {
   }
 
   /**
-   * Removes a message. A message whose env or meta file is already gone is
-   * removed all the same; one with neither rejects with ERR_QUEUE_NOT_FOUND.
+   * Removes a message. Like slimta's, it succeeds when the message, or
+   * one of its files, is already gone, so that a remove that failed half
+   * way can simply be called again; the directories are synced either way.
    */
   remove(id: string): Promise<void> {
     return this.call(async () => {
@@ -412,13 +413,6 @@ export class DiskStorage extends EventEmitter {
       this.checkWritable();
       await this.own();
       await this.serial(id, async () => {
-        const stats = await this.limiter.run(() =>
-          this.backend.statFiles([this.metaPath(id), this.envPath(id)]),
-        );
-        for (const st of stats) {
-          if (st instanceof Error && !isMissing(st)) throw st;
-        }
-        if (stats.every(isMissing)) throw new NotFoundError(id);
         // The meta goes first: without it load() no longer yields the
         // message, so a crash half-way leaves an orphan env, never a
         // message that points at a missing envelope.

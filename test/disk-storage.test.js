@@ -363,11 +363,14 @@ for (const io of BACKENDS) {
         assert.deepEqual(listDir(dir('env')), []);
       });
 
-      it('rejects with ERR_QUEUE_NOT_FOUND when neither file exists', async function () {
+      it('succeeds again when neither file exists, so a failed remove can be retried', async function () {
         const id = await store.write(makeEnvelope(), 1);
+        const other = await store.write(makeEnvelope(), 2);
         await store.remove(id);
-        const err = await rejects(store.remove(id));
-        assert.equal(err.code, 'ERR_QUEUE_NOT_FOUND');
+        await store.remove(id);
+        await store.remove('0'.repeat(32));
+        assert.deepEqual(listDir(dir('meta')), [`${other}.meta`]);
+        assert.deepEqual(listDir(dir('env')), [`${other}.env`]);
       });
 
       it('runs after updates queued before it on the same id', async function () {
@@ -379,6 +382,7 @@ for (const io of BACKENDS) {
           store.incrementAttempts(id),
         ]);
         assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected']);
+        assert.equal((await Promise.allSettled([store.remove(id)]))[0].status, 'fulfilled');
         assert.equal(results[3].reason.code, 'ERR_QUEUE_NOT_FOUND');
         assert.deepEqual(listDir(dir('meta')), []);
       });

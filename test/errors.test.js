@@ -131,7 +131,6 @@ for (const io of BACKENDS) {
         setRecipientsDelivered: ['ERR_QUEUE_NOT_FOUND', () => store.setRecipientsDelivered(id, [0])],
         get: ['ERR_QUEUE_NOT_FOUND', () => store.get(id)],
         inspect: ['ERR_QUEUE_NOT_FOUND', () => store.inspect(id)],
-        remove: ['ERR_QUEUE_NOT_FOUND', () => store.remove(id)],
         load: ['ENOENT', () => store.load().next()],
         getInfo: ['ENOENT', () => store.getInfo()],
       };

@@ -6,6 +6,7 @@
         "native/dir_sync.cc",
         "native/fs_chain.cc",
         "native/fs_batch.cc",
+        "native/fs_gate.cc",
         "native/binding.cc"
       ],
       "include_dirs": [

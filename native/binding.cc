@@ -1,17 +1,20 @@
 // Glue between JavaScript and the request chains: converts arguments,
-// keeps the written Buffers alive, settles one promise per call, and
-// stops the chains when the environment (main thread or worker) ends.
+// keeps the written Buffers and the store's gate alive, settles one
+// promise per call, and stops the chains when the environment (main
+// thread or worker) ends.
 
 #include <napi.h>
 #include <uv.h>
 
+#include <cmath>
 #include <memory>
 #include <set>
 #include <string>
 
-#include "fs_chain.h"
 #include "dir_sync.h"
 #include "fs_batch.h"
+#include "fs_chain.h"
+#include "fs_gate.h"
 
 namespace {
 
@@ -24,15 +27,26 @@ struct Addon {
   napi_async_cleanup_hook_handle hook = nullptr;
   bool tearing_down = false;
   std::set<Job*> jobs;
+};
 
-  // Directory syncs shared by the plans of this environment. Its
-  // callbacks run on this environment's loop, so it needs no lock.
+// One store's share of the thread pool: the gate all its requests pass,
+// and the directory syncs its plans share. A store lives in one
+// environment, so both are only touched on that environment's loop.
+// Freed once the JavaScript object naming it is collected and the last
+// job using it has ended, whichever comes last.
+struct Gate {
+  fs_gate_t gate;
   dir_sync_group_t syncs;
 };
+
+// Marks the objects create_gate() makes, so that no other object is
+// ever taken for one.
+constexpr napi_type_tag kGateTag = {0x736c696d74616761, 0x7465000000000001};
 
 // One call of the binding while its requests run.
 struct Job {
   Addon* addon = nullptr;
+  Gate* gate = nullptr;
   napi_deferred deferred = nullptr;
   napi_async_context context = nullptr;
 
@@ -74,6 +88,8 @@ Job::~Job() {
     napi_remove_async_cleanup_hook(addon->hook);
     addon->hook = nullptr;
   }
+
+  if (gate != nullptr) fs_gate_let_go(&gate->gate);
 }
 
 // The environment is going away. Its chains finish the request in
@@ -359,7 +375,8 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
 
 // Creates the promise and the async context, and registers the job so
 // teardown can find it. Returns null with an exception pending.
-napi_value Begin(Napi::Env env, Addon* addon, Job* job, const char* name) {
+napi_value Begin(Napi::Env env, Job* job, const char* name) {
+  Addon* addon = job->addon;
   napi_value promise;
   napi_value resource;
   napi_value resource_name;
@@ -382,22 +399,81 @@ uv_loop_t* LoopOf(Napi::Env env) {
   return loop;
 }
 
-// run_plan(steps, groupCommit): Promise<void>
-Napi::Value RunPlan(const Napi::CallbackInfo& info) {
+// Ties a new job to its environment and to the gate named by `v`, which
+// the job holds until it ends. False with an exception pending when `v`
+// is not a gate.
+bool Attach(Napi::Value v, Job* job) {
+  Napi::Env env = v.Env();
+  job->addon = env.GetInstanceData<Addon>();
+
+  bool is_gate = false;
+  if (v.IsExternal()) {
+    napi_check_object_type_tag(env, v, &kGateTag, &is_gate);
+  }
+  if (!is_gate) {
+    ThrowInvalid(env, "gate must come from create_gate()");
+    return false;
+  }
+
+  job->gate = static_cast<Gate*>(v.As<Napi::External<Gate>>().Data());
+  fs_gate_hold(&job->gate->gate);
+  return true;
+}
+
+void FreeGate(fs_gate_t* g) {
+  delete static_cast<Gate*>(g->data);
+}
+
+// create_gate(maxInFlight): an opaque object naming a new gate that
+// lets at most maxInFlight requests run at once.
+Napi::Value CreateGate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Addon* addon = env.GetInstanceData<Addon>();
-  if (!info[0].IsArray()) {
-    ThrowInvalid(env, "steps must be an array");
+  double cap = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue()
+                                  : 0;
+  if (!(cap >= 1 && cap <= 9007199254740991.0) || cap != std::floor(cap)) {
+    ThrowInvalid(env, "maxInFlight must be a positive integer");
     return Napi::Value();
   }
+
+  Gate* gate = new Gate();
+  gate->gate.cap = static_cast<size_t>(cap);
+  gate->gate.data = gate;
+  gate->gate.free_cb = FreeGate;
+  gate->syncs.loop = LoopOf(env);
+  gate->syncs.gate = &gate->gate;
+
+  // The object holds the gate once, from fs_gate_t's start; collecting
+  // it lets go of that hold.
+  auto collected = [](napi_env, void* data, void*) {
+    fs_gate_let_go(&static_cast<Gate*>(data)->gate);
+  };
+  napi_value external;
+  if (napi_create_external(env, gate, collected, nullptr, &external) !=
+      napi_ok) {
+    delete gate;
+    return Napi::Value();
+  }
+  napi_type_tag_object(env, external, &kGateTag);
+  return Napi::Value(env, external);
+}
+
+// run_plan(gate, steps, groupCommit): Promise<void>
+Napi::Value RunPlan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
 
   // Owned here until the chain starts; on a bad argument it is freed
   // with every reference taken so far.
   auto job = std::make_unique<PlanJob>();
-  job->addon = addon;
+  if (!Attach(info[0], job.get())) return Napi::Value();
   job->chain.data = job.get();
+  job->chain.gate = &job->gate->gate;
 
-  Napi::Array steps = info[0].As<Napi::Array>();
+  if (!info[1].IsArray()) {
+    ThrowInvalid(env, "steps must be an array");
+    return Napi::Value();
+  }
+
+  Napi::Array steps = info[1].As<Napi::Array>();
   job->chain.steps.resize(steps.Length());
   for (uint32_t i = 0; i < steps.Length(); i++) {
     Napi::Value step = steps.Get(i);
@@ -407,10 +483,10 @@ Napi::Value RunPlan(const Napi::CallbackInfo& info) {
     }
   }
 
-  napi_value promise = Begin(env, addon, job.get(), "slimta:run_plan");
+  napi_value promise = Begin(env, job.get(), "slimta:run_plan");
   if (promise == nullptr) return Napi::Value();
 
-  if (info[1].ToBoolean().Value()) job->chain.group = &addon->syncs;
+  if (info[2].ToBoolean().Value()) job->chain.group = &job->gate->syncs;
 
   PlanJob* running = job.release();
   fs_chain_start(LoopOf(env), &running->chain, OnPlanDone);
@@ -421,18 +497,18 @@ Napi::Value RunPlan(const Napi::CallbackInfo& info) {
 Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
                      const char* name) {
   Napi::Env env = info.Env();
-  Addon* addon = env.GetInstanceData<Addon>();
-  if (!info[0].IsArray()) {
+  auto job = std::make_unique<BatchJob>();
+  if (!Attach(info[0], job.get())) return Napi::Value();
+  job->batch.op = op;
+  job->batch.data = job.get();
+  job->batch.gate = &job->gate->gate;
+
+  if (!info[1].IsArray()) {
     ThrowInvalid(env, "paths must be an array");
     return Napi::Value();
   }
 
-  auto job = std::make_unique<BatchJob>();
-  job->addon = addon;
-  job->batch.op = op;
-  job->batch.data = job.get();
-
-  Napi::Array paths = info[0].As<Napi::Array>();
+  Napi::Array paths = info[1].As<Napi::Array>();
   job->batch.files.resize(paths.Length());
   for (uint32_t i = 0; i < paths.Length(); i++) {
     Napi::Value path = paths.Get(i);
@@ -442,7 +518,7 @@ Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
     }
   }
 
-  napi_value promise = Begin(env, addon, job.get(), name);
+  napi_value promise = Begin(env, job.get(), name);
   if (promise == nullptr) return Napi::Value();
 
   BatchJob* running = job.release();
@@ -450,49 +526,45 @@ Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
   return Napi::Value(env, promise);
 }
 
-// read_files(paths): Promise<Array<Buffer | Error>>
+// read_files(gate, paths): Promise<Array<Buffer | Error>>
 Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
   return RunBatch(info, FS_BATCH_READ, "slimta:read_files");
 }
 
-// stat_files(paths): Promise<Array<{ size, ctimeMs } | Error>>
+// stat_files(gate, paths): Promise<Array<{ size, ctimeMs } | Error>>
 Napi::Value StatFiles(const Napi::CallbackInfo& info) {
   return RunBatch(info, FS_BATCH_LSTAT, "slimta:stat_files");
 }
 
-// sync_dir(path): Promise<[after, generation]>, the shared directory
-// sync of run_plan on its own, with the generation numbers that show
-// which sync covered the call. For tests of the group commit.
+// sync_dir(gate, path): Promise<[after, generation]>, the shared
+// directory sync of run_plan on its own, with the generation numbers
+// that show which sync covered the call. For tests of the group commit.
 Napi::Value SyncDir(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Addon* addon = env.GetInstanceData<Addon>();
-  if (!info[0].IsString()) {
-    ThrowInvalid(env, "path must be a string");
-    return Napi::Value();
-  }
-
-  std::string path;
-  if (!ToPath(info[0], "path", &path)) return Napi::Value();
-
   auto job = std::make_unique<SyncDirJob>();
-  job->addon = addon;
+  if (!Attach(info[0], job.get())) return Napi::Value();
   job->wait.data = job.get();
 
-  napi_value promise = Begin(env, addon, job.get(), "slimta:sync_dir");
+  std::string path;
+  if (!ToPath(info[1], "path", &path)) return Napi::Value();
+
+  napi_value promise = Begin(env, job.get(), "slimta:sync_dir");
   if (promise == nullptr) return Napi::Value();
 
   SyncDirJob* running = job.release();
-  dir_sync_request(&addon->syncs, path, &running->wait, OnSyncDirDone);
+  dir_sync_request(&running->gate->syncs, path, &running->wait,
+                   OnSyncDirDone);
   return Napi::Value(env, promise);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Addon* addon = new Addon();
   addon->env = env;
-  addon->syncs.loop = LoopOf(env);
   env.SetInstanceData<Addon>(addon);
   napi_add_async_cleanup_hook(env, OnTeardown, addon, &addon->hook);
 
+  exports.Set("create_gate",
+              Napi::Function::New(env, CreateGate, "create_gate"));
   exports.Set("run_plan", Napi::Function::New(env, RunPlan, "run_plan"));
   exports.Set("read_files",
               Napi::Function::New(env, ReadFiles, "read_files"));

@@ -13,21 +13,26 @@ constexpr int kCloexec = 0;
 constexpr int kDirFlags = UV_FS_O_RDONLY | UV_FS_O_DIRECTORY | kCloexec;
 
 // One directory with a sync running. It exists only while someone
-// waits, so it holds a pool thread only on behalf of waiting plans,
-// which hold none themselves.
+// waits, so it takes a slot of the gate only on behalf of waiting
+// plans, which hold none themselves.
 struct dir_syncer {
   dir_sync_group_t* group = nullptr;
   std::string path;
 
   uv_fs_t req;
+  fs_gate_turn turn;
   uv_file fd = -1;
   uint64_t generation = 0;
   fs_result result;
 
+  // Set once the fsync is submitted: from then on a caller's name may
+  // postdate the fsync's start, so it waits for the next sync.
+  bool syncing = false;
+
   // Covered by the sync running now.
   std::vector<dir_sync_wait*> current;
 
-  // Asked while it ran: they wait for the next sync.
+  // Asked once its fsync was submitted: they wait for the next sync.
   std::vector<dir_sync_wait*> next;
 };
 
@@ -39,10 +44,22 @@ dir_syncer* syncer_of(uv_fs_t* req) {
   return static_cast<dir_syncer*>(req->data);
 }
 
-ssize_t end_req(uv_fs_t* req) {
-  ssize_t result = req->result;
-  uv_fs_req_cleanup(req);
+dir_syncer* syncer_of(fs_gate_turn* turn) {
+  return static_cast<dir_syncer*>(turn->data);
+}
+
+// Every request ends here, cleaned up and its slot given back.
+ssize_t end_req(dir_syncer* s) {
+  ssize_t result = s->req.result;
+  uv_fs_req_cleanup(&s->req);
+  fs_gate_leave(s->group->gate);
   return result;
+}
+
+// A request that could not be submitted never calls back.
+void not_submitted(dir_syncer* s) {
+  uv_fs_req_cleanup(&s->req);
+  fs_gate_leave(s->group->gate);
 }
 
 void set_error(dir_syncer* s, int err, const char* syscall, bool path) {
@@ -80,63 +97,86 @@ void finish(dir_syncer* s) {
 // 3: close the directory; its error counts only if the sync went well.
 void on_close(uv_fs_t* req) {
   dir_syncer* s = syncer_of(req);
-  ssize_t r = end_req(req);
+  ssize_t r = end_req(s);
   s->fd = -1;
   if (r < 0) set_error(s, r, "close", false);
 
   finish(s);
 }
 
-void close_dir(dir_syncer* s) {
+void close_now(fs_gate_turn* turn) {
+  dir_syncer* s = syncer_of(turn);
   int r = uv_fs_close(s->group->loop, &s->req, s->fd, on_close);
   if (r == 0) return;
 
-  uv_fs_req_cleanup(&s->req);
+  not_submitted(s);
   s->fd = -1;
   set_error(s, r, "close", false);
   finish(s);
+}
+
+void close_dir(dir_syncer* s) {
+  fs_gate_enter(s->group->gate, &s->turn, close_now);
 }
 
 // 2: fsync the directory: every name made in it before this call
 // started is durable once it returns.
 void on_fsync(uv_fs_t* req) {
   dir_syncer* s = syncer_of(req);
-  ssize_t r = end_req(req);
+  ssize_t r = end_req(s);
   if (r < 0) set_error(s, r, "fsync", false);
 
   close_dir(s);
 }
 
-// 1: open the directory read-only; that is all fsync needs.
+// Everyone in `current` asked before this point, so their names were
+// made before the fsync starts.
+void fsync_now(fs_gate_turn* turn) {
+  dir_syncer* s = syncer_of(turn);
+  s->syncing = true;
+  s->generation = ++s->group->started;
+
+  int r = uv_fs_fsync(s->group->loop, &s->req, s->fd, on_fsync);
+  if (r == 0) return;
+
+  not_submitted(s);
+  set_error(s, r, "fsync", false);
+  close_dir(s);
+}
+
+// 1: open the directory read-only; that is all fsync needs. An fd opened
+// before a name was made syncs that name as well: fsync acts on the
+// directory, not on what the fd saw.
 void on_open(uv_fs_t* req) {
   dir_syncer* s = syncer_of(req);
-  ssize_t r = end_req(req);
+  ssize_t r = end_req(s);
   if (r < 0) {
     set_error(s, r, "open", true);
     return finish(s);
   }
 
   s->fd = static_cast<uv_file>(r);
-  r = uv_fs_fsync(s->group->loop, &s->req, s->fd, on_fsync);
-  if (r == 0) return;
-
-  uv_fs_req_cleanup(&s->req);
-  set_error(s, r, "fsync", false);
-  close_dir(s);
+  fs_gate_enter(s->group->gate, &s->turn, fsync_now);
 }
 
-void start_sync(dir_syncer* s) {
-  s->generation = ++s->group->started;
-  s->result = fs_result();
-  s->req.data = s;
-
+void open_now(fs_gate_turn* turn) {
+  dir_syncer* s = syncer_of(turn);
   int r = uv_fs_open(s->group->loop, &s->req, s->path.c_str(), kDirFlags, 0,
                      on_open);
   if (r == 0) return;
 
-  uv_fs_req_cleanup(&s->req);
+  not_submitted(s);
   set_error(s, r, "open", true);
   finish(s);
+}
+
+void start_sync(dir_syncer* s) {
+  s->syncing = false;
+  s->generation = 0;
+  s->result = fs_result();
+  s->req.data = s;
+  s->turn.data = s;
+  fs_gate_enter(s->group->gate, &s->turn, open_now);
 }
 
 }  // namespace
@@ -149,7 +189,8 @@ void dir_sync_request(dir_sync_group_t* group, const std::string& path,
 
   auto it = group->running.find(path);
   if (it != group->running.end()) {
-    it->second->next.push_back(wait);
+    dir_syncer* s = it->second;
+    (s->syncing ? s->next : s->current).push_back(wait);
     return;
   }
 

@@ -147,6 +147,7 @@ void work(uv_work_t* req) {
 
 void after_work(uv_work_t* req, int status) {
   fs_batch_t* b = static_cast<fs_batch_t*>(req->data);
+  fs_gate_leave(b->gate);
   if (status < 0) {
     for (fs_batch_file& f : b->files) {
       if (f.result.error == 0) set_error(f, status, nullptr, false);
@@ -154,6 +155,18 @@ void after_work(uv_work_t* req, int status) {
   }
 
   b->cb(b);
+}
+
+// A batch stopped while it waited for its turn needs no pool thread to
+// find out that it reads nothing.
+void queue_work(fs_gate_turn* turn) {
+  fs_batch_t* b = static_cast<fs_batch_t*>(turn->data);
+  if (b->stopping.load(std::memory_order_relaxed)) {
+    return after_work(&b->work, UV_ECANCELED);
+  }
+
+  int r = uv_queue_work(b->loop, &b->work, work, after_work);
+  if (r < 0) after_work(&b->work, r);
 }
 
 }  // namespace
@@ -166,9 +179,8 @@ void fs_batch_start(uv_loop_t* loop, fs_batch_t* b, fs_batch_cb cb) {
   b->loop = loop;
   b->cb = cb;
   b->work.data = b;
-
-  int r = uv_queue_work(loop, &b->work, work, after_work);
-  if (r < 0) after_work(&b->work, r);
+  b->turn.data = b;
+  fs_gate_enter(b->gate, &b->turn, queue_work);
 }
 
 void fs_batch_stop(fs_batch_t* b) {

@@ -1,7 +1,8 @@
 // Whole-file reads or lstats of many paths as one thread-pool job: the
 // calls run one after another on a single pool thread, so a batch costs
 // one trip through the pool, not four per file, and holds at most one
-// thread. A path that fails carries its own error; the others go on.
+// thread: one slot of the batch's gate. A path that fails carries its
+// own error; the others go on.
 
 #ifndef SLIMTA_FS_BATCH_H
 #define SLIMTA_FS_BATCH_H
@@ -15,6 +16,7 @@
 
 #include <uv.h>
 
+#include "fs_gate.h"
 #include "fs_result.h"
 
 enum fs_batch_op {
@@ -48,8 +50,12 @@ struct fs_batch_t {
   std::vector<fs_batch_file> files;
   void* data = nullptr;
 
+  // The gate the job passes; the caller holds it until cb has run.
+  fs_gate_t* gate = nullptr;
+
   // Private.
   uv_work_t work;
+  fs_gate_turn turn;
   uv_loop_t* loop = nullptr;
   fs_batch_cb cb = nullptr;
   std::atomic<bool> stopping{false};
@@ -57,7 +63,8 @@ struct fs_batch_t {
   ~fs_batch_t();
 };
 
-// Runs the batch on the pool and then calls cb once, on the loop thread.
+// Runs the batch on the pool, once the gate has a slot, and then calls
+// cb once, on the loop thread.
 void fs_batch_start(uv_loop_t* loop, fs_batch_t* batch, fs_batch_cb cb);
 
 // Asks a running batch to start on no further file: the file in hand is

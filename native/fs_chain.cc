@@ -43,10 +43,13 @@ fs_chain_step& current(fs_chain_t* c) {
   return c->steps[c->step];
 }
 
-// Every request ends here, so every uv_fs_t is cleaned up exactly once.
+// Every request ends here, so every uv_fs_t is cleaned up exactly once
+// and its slot of the gate given back.
 ssize_t end_req(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
   ssize_t result = req->result;
   uv_fs_req_cleanup(req);
+  fs_gate_leave(c->gate);
   return result;
 }
 
@@ -56,7 +59,27 @@ void not_queued(fs_chain_t* c, int err, const char* syscall,
                 const std::string* path,
                 const std::string* dest = nullptr) {
   uv_fs_req_cleanup(&c->req);
+  fs_gate_leave(c->gate);
   fail(c, err, syscall, path, dest);
+}
+
+// The chain's turn at the gate. A chain stopped while it waited starts
+// nothing more of the plan, only its undo.
+void on_turn(fs_gate_turn* turn) {
+  fs_chain_t* c = static_cast<fs_chain_t*>(turn->data);
+  if (c->stopping && !c->failed) {
+    fs_gate_leave(c->gate);
+    return fail(c, UV_ECANCELED, nullptr, nullptr);
+  }
+
+  c->submit(c);
+}
+
+// Calls `submit`, which starts one request, once the gate has a slot.
+void in_turn(fs_chain_t* c, void (*submit)(fs_chain_t*)) {
+  c->submit = submit;
+  c->turn.data = c;
+  fs_gate_enter(c->gate, &c->turn, on_turn);
 }
 
 // Between two requests: once stopped, start nothing more of the plan.
@@ -97,17 +120,21 @@ void on_undo(uv_fs_t* req) {
   undo_next(c);
 }
 
+void unlink_undo(fs_chain_t* c) {
+  const char* name = c->undo.back().c_str();
+  int r = uv_fs_unlink(c->loop, req_of(c), name, on_undo);
+  if (r == 0) return;
+
+  uv_fs_req_cleanup(&c->req);
+  fs_gate_leave(c->gate);
+  c->undo.pop_back();
+  undo_next(c);
+}
+
 void undo_next(fs_chain_t* c) {
-  while (!c->undo.empty()) {
-    const char* name = c->undo.back().c_str();
-    int r = uv_fs_unlink(c->loop, req_of(c), name, on_undo);
-    if (r == 0) return;
+  if (c->undo.empty()) return done(c);
 
-    uv_fs_req_cleanup(&c->req);
-    c->undo.pop_back();
-  }
-
-  done(c);
+  in_turn(c, unlink_undo);
 }
 
 void start_undo(fs_chain_t* c) {
@@ -126,6 +153,17 @@ void on_close_after_failure(uv_fs_t* req) {
   start_undo(c);
 }
 
+void close_after_failure(fs_chain_t* c) {
+  uv_file fd = c->fd;
+  c->fd = -1;
+  int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
+  if (r == 0) return;
+
+  uv_fs_req_cleanup(&c->req);
+  fs_gate_leave(c->gate);
+  start_undo(c);
+}
+
 void fail(fs_chain_t* c, int err, const char* syscall,
           const std::string* path, const std::string* dest) {
   c->failed = true;
@@ -136,13 +174,7 @@ void fail(fs_chain_t* c, int err, const char* syscall,
 
   if (c->fd < 0) return start_undo(c);
 
-  uv_file fd = c->fd;
-  c->fd = -1;
-  int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
-  if (r < 0) {
-    uv_fs_req_cleanup(&c->req);
-    start_undo(c);
-  }
+  in_turn(c, close_after_failure);
 }
 
 // write_tmp, 4: close. A failed close still releases the fd, so it is
@@ -156,6 +188,11 @@ void on_close_tmp(uv_fs_t* req) {
   next_step(c);
 }
 
+void close_tmp(fs_chain_t* c) {
+  int r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_tmp);
+  if (r < 0) not_queued(c, r, "close", nullptr);
+}
+
 // write_tmp, 3: flush the body to the disk before any name points at
 // it, so a crash after the publish can never expose a short file.
 // fdatasync covers the size too; the name is made durable later by the
@@ -164,10 +201,7 @@ void on_datasync(uv_fs_t* req) {
   fs_chain_t* c = chain_of(req);
   ssize_t r = end_req(req);
   if (r < 0) return fail(c, r, "fdatasync", nullptr);
-  if (!go_on(c)) return;
-
-  r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_tmp);
-  if (r < 0) not_queued(c, r, "close", nullptr);
+  if (go_on(c)) in_turn(c, close_tmp);
 }
 
 void datasync(fs_chain_t* c) {
@@ -208,15 +242,8 @@ void on_write(uv_fs_t* req) {
 // offered, so each call starts where the last one stopped, and no call
 // carries 1 GiB or more. The bytes are the caller's own memory, which
 // it keeps alive until the chain reports.
-void write_some(fs_chain_t* c) {
+void write_now(fs_chain_t* c) {
   const std::vector<uv_buf_t>& bufs = current(c).bufs;
-  while (c->buf_index < bufs.size() &&
-         c->buf_offset == bufs[c->buf_index].len) {
-    c->buf_index++;
-    c->buf_offset = 0;
-  }
-  if (c->buf_index == bufs.size()) return datasync(c);
-
   c->iov.clear();
   size_t room = kMaxWriteBytes;
   size_t offset = c->buf_offset;
@@ -237,6 +264,18 @@ void write_some(fs_chain_t* c) {
   if (r < 0) not_queued(c, r, "write", nullptr);
 }
 
+void write_some(fs_chain_t* c) {
+  const std::vector<uv_buf_t>& bufs = current(c).bufs;
+  while (c->buf_index < bufs.size() &&
+         c->buf_offset == bufs[c->buf_index].len) {
+    c->buf_index++;
+    c->buf_offset = 0;
+  }
+  if (c->buf_index == bufs.size()) return in_turn(c, datasync);
+
+  in_turn(c, write_now);
+}
+
 // write_tmp, 1: create the tmp file. O_EXCL makes a leftover or planted
 // file an error instead of something to write through, and O_NOFOLLOW
 // keeps a symlink at the name from sending the body elsewhere.
@@ -254,7 +293,7 @@ void on_open_tmp(uv_fs_t* req) {
   if (go_on(c)) write_some(c);
 }
 
-void write_tmp(fs_chain_t* c) {
+void open_tmp(fs_chain_t* c) {
   fs_chain_step& s = current(c);
   int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kTmpFlags, 0600,
                      on_open_tmp);
@@ -272,6 +311,13 @@ void on_publish_unlink(uv_fs_t* req) {
   next_step(c);
 }
 
+void unlink_published_tmp(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(),
+                       on_publish_unlink);
+  if (r < 0) not_queued(c, r, "unlink", &s.path);
+}
+
 // publish, 1: link the file under its final name. Unlike rename, link
 // never replaces: an existing name fails with EEXIST, so one message is
 // never written over another.
@@ -282,10 +328,7 @@ void on_publish_link(uv_fs_t* req) {
   if (r < 0) return fail(c, r, "link", &s.path, &s.dest);
 
   c->published.push_back(s.dest);
-  if (!go_on(c)) return;
-
-  r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(), on_publish_unlink);
-  if (r < 0) not_queued(c, r, "unlink", &s.path);
+  if (go_on(c)) in_turn(c, unlink_published_tmp);
 }
 
 void publish(fs_chain_t* c) {
@@ -347,19 +390,26 @@ void on_close_dir(uv_fs_t* req) {
 // is durable only once its directory is synced, which is why this step
 // comes after the link or rename it covers: before, a crash could lose
 // a publish whose file data was already safe.
+void close_dir(fs_chain_t* c) {
+  int r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_dir);
+  if (r < 0) not_queued(c, r, "close", nullptr);
+}
+
 void on_fsync_dir(uv_fs_t* req) {
   fs_chain_t* c = chain_of(req);
   ssize_t r = end_req(req);
   if (r < 0) return fail(c, r, "fsync", nullptr);
-  if (!go_on(c)) return;
-
-  r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_dir);
-  if (r < 0) not_queued(c, r, "close", nullptr);
+  if (go_on(c)) in_turn(c, close_dir);
 }
 
 // sync_dir, 1: open the directory read-only; that is all fsync needs.
 // TODO: Windows cannot open or fsync a directory; this step fails there
 // until a platform file decides what sync_dir means on it.
+void fsync_dir(fs_chain_t* c) {
+  int r = uv_fs_fsync(c->loop, req_of(c), c->fd, on_fsync_dir);
+  if (r < 0) not_queued(c, r, "fsync", nullptr);
+}
+
 void on_open_dir(uv_fs_t* req) {
   fs_chain_t* c = chain_of(req);
   fs_chain_step& s = current(c);
@@ -367,10 +417,14 @@ void on_open_dir(uv_fs_t* req) {
   if (r < 0) return fail(c, r, "open", &s.path);
 
   c->fd = static_cast<uv_file>(r);
-  if (!go_on(c)) return;
+  if (go_on(c)) in_turn(c, fsync_dir);
+}
 
-  r = uv_fs_fsync(c->loop, req_of(c), c->fd, on_fsync_dir);
-  if (r < 0) not_queued(c, r, "fsync", nullptr);
+void open_dir(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kDirFlags, 0,
+                     on_open_dir);
+  if (r < 0) not_queued(c, r, "open", &s.path);
 }
 
 // sync_dir, shared: wait for a sync of the directory that starts after
@@ -386,6 +440,8 @@ void on_group_sync(dir_sync_wait* w) {
   next_step(c);
 }
 
+// sync_dir, shared or alone. Waiting for a shared sync holds no slot of
+// the gate: the sync takes one for everyone it covers.
 void sync_dir(fs_chain_t* c) {
   fs_chain_step& s = current(c);
   if (c->group != nullptr) {
@@ -393,9 +449,7 @@ void sync_dir(fs_chain_t* c) {
     return dir_sync_request(c->group, s.path, &c->dir_wait, on_group_sync);
   }
 
-  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kDirFlags, 0,
-                     on_open_dir);
-  if (r < 0) not_queued(c, r, "open", &s.path);
+  in_turn(c, open_dir);
 }
 
 void run_step(fs_chain_t* c) {
@@ -403,13 +457,13 @@ void run_step(fs_chain_t* c) {
 
   switch (current(c).op) {
     case FS_CHAIN_WRITE_TMP:
-      return write_tmp(c);
+      return in_turn(c, open_tmp);
     case FS_CHAIN_PUBLISH:
-      return publish(c);
+      return in_turn(c, publish);
     case FS_CHAIN_REPLACE:
-      return replace(c);
+      return in_turn(c, replace);
     case FS_CHAIN_UNLINK:
-      return unlink_step(c);
+      return in_turn(c, unlink_step);
     case FS_CHAIN_SYNC_DIR:
       return sync_dir(c);
   }

@@ -1,7 +1,10 @@
 // A plan of file-system steps run as one chain of libuv requests: each
 // request's callback starts the next, so the caller hears back once per
-// plan. Knows nothing of JavaScript; the caller owns the memory behind
-// every uv_buf_t until the chain's callback has run.
+// plan. Every request waits for a slot of the chain's gate, and gives it
+// back when it ends, so a chain holds no slot between two requests, nor
+// while it waits for a shared directory sync. Knows nothing of
+// JavaScript; the caller owns the memory behind every uv_buf_t until the
+// chain's callback has run.
 
 #ifndef SLIMTA_FS_CHAIN_H
 #define SLIMTA_FS_CHAIN_H
@@ -15,6 +18,7 @@
 #include <uv.h>
 
 #include "dir_sync.h"
+#include "fs_gate.h"
 #include "fs_result.h"
 
 enum fs_chain_op {
@@ -50,6 +54,10 @@ struct fs_chain_t {
   std::vector<fs_chain_step> steps;
   void* data = nullptr;
 
+  // The gate every request of the chain passes; the caller holds it
+  // until the chain's callback has run.
+  fs_gate_t* gate = nullptr;
+
   // When set, sync_dir steps share directory syncs with the other chains
   // of the group (see dir_sync.h); when null, each step syncs alone.
   dir_sync_group_t* group = nullptr;
@@ -59,6 +67,8 @@ struct fs_chain_t {
 
   // Private.
   uv_fs_t req;
+  fs_gate_turn turn;
+  void (*submit)(fs_chain_t* chain) = nullptr;
   dir_sync_wait dir_wait;
   uv_loop_t* loop = nullptr;
   fs_chain_cb cb = nullptr;

@@ -35,6 +35,7 @@ import {
   type Meta,
 } from './format';
 import { JsBackend } from './js-backend';
+import { Limiter, defaultMaxInFlight } from './limiter';
 import { loadNative, nativeLoadError } from './native';
 import { acquireLock, releaseLock } from './lock';
 import type { Backend, BackendOptions, FileStat, Step } from './plan';
@@ -62,10 +63,17 @@ export interface DiskStorageOptions {
    */
   readOnly?: boolean;
   /**
-   * The most plans this store runs at once; the rest wait in JS. Each plan
-   * holds a libuv thread-pool thread while a sync runs, and the pool is
-   * shared with dns.lookup, fs and crypto. Default: the pool size less one
-   * (UV_THREADPOOL_SIZE, 4 unless set), at least 1.
+   * The most threads of libuv's thread pool this store holds at once.
+   * The pool is shared with dns.lookup, fs and crypto, so every file
+   * request of the store waits for one of these slots, first come first
+   * served, and holds it only while it runs: a call waiting for its turn,
+   * or for a directory sync shared with other calls, holds none. Default:
+   * the pool size less one (UV_THREADPOOL_SIZE, 4 unless set), at least
+   * 1, so that one thread stays free for the rest of the process.
+   *
+   * Apart from that, at most 128 writes, updates and removals of one store
+   * are under way at once; later ones wait in JavaScript, holding neither
+   * a slot nor a file descriptor.
    */
   maxInFlight?: number;
   /**
@@ -119,6 +127,8 @@ const LOAD_BATCH = 256;
 /** Batches load() reads ahead of the one it yields from. */
 const LOAD_AHEAD = 2;
 const MAX_ATTEMPTS = 0xffffffff;
+/** Writes, updates and removals under way at once in one store. */
+const MAX_PLANS = 128;
 
 let warnedFallback = false;
 
@@ -144,29 +154,6 @@ function chooseBackend(
 /** Tmp files of plans running in this thread, which cleanup must spare. */
 const liveTmpFiles = new Set<string>();
 
-/** A counting semaphore that hands out slots in call order. */
-class Limiter {
-  private active = 0;
-  private readonly waiting: (() => void)[] = [];
-
-  constructor(private readonly limit: number) {}
-
-  async run<T>(task: () => Promise<T>): Promise<T> {
-    if (this.active >= this.limit) {
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
-    } else {
-      this.active++;
-    }
-    try {
-      return await task();
-    } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.active--;
-    }
-  }
-}
-
 /**
  * Durable queue storage in three directories on one filesystem.
  *
@@ -185,7 +172,7 @@ export class DiskStorage extends EventEmitter {
 
   private readonly backend: Backend;
   private readonly graceMs: number;
-  private readonly limiter: Limiter;
+  private readonly plans = new Limiter(MAX_PLANS);
   private readonly perId = new Map<string, Promise<unknown>>();
   private readonly inFlight = new Set<Promise<unknown>>();
   private ready: Promise<void> | null = null;
@@ -225,9 +212,8 @@ export class DiskStorage extends EventEmitter {
     if (!Number.isFinite(graceMs) || graceMs < 0) {
       throw new InvalidArgumentError('options.graceMs must be >= 0');
     }
-    const pool = Number(process.env.UV_THREADPOOL_SIZE) || 4;
-    const maxInFlight = options.maxInFlight ?? Math.max(1, pool - 1);
-    if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
+    const maxInFlight = options.maxInFlight ?? defaultMaxInFlight();
+    if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) {
       throw new InvalidArgumentError(
         'options.maxInFlight must be a positive integer',
       );
@@ -245,8 +231,7 @@ export class DiskStorage extends EventEmitter {
     );
     this.readOnly = options.readOnly ?? false;
     this.graceMs = graceMs;
-    this.limiter = new Limiter(maxInFlight);
-    this.backend = chooseBackend(io, { groupCommit });
+    this.backend = chooseBackend(io, { groupCommit, maxInFlight });
   }
 
   /** The backend actually in use (after any fallback). */
@@ -347,9 +332,10 @@ export class DiskStorage extends EventEmitter {
       return this.serial(id, async () => {
         const envPath = this.envPath(id);
         const metaPath = this.metaPath(id);
-        const [envFile, metaFile] = await this.limiter.run(() =>
-          this.backend.readFiles([envPath, metaPath]),
-        );
+        const [envFile, metaFile] = await this.backend.readFiles([
+          envPath,
+          metaPath,
+        ]);
         const meta = decodeMeta(this.fileOrThrow(id, metaFile), id, metaPath);
         if (isMissing(envFile)) {
           throw new CorruptError(envPath, 'envelope file is missing', envFile);
@@ -386,9 +372,7 @@ export class DiskStorage extends EventEmitter {
       await this.init();
       return this.serial(id, async () => {
         const metaPath = this.metaPath(id);
-        const [file] = await this.limiter.run(() =>
-          this.backend.readFiles([metaPath]),
-        );
+        const [file] = await this.backend.readFiles([metaPath]);
         const meta = decodeMeta(this.fileOrThrow(id, file), id, metaPath);
         return {
           id,
@@ -452,12 +436,8 @@ export class DiskStorage extends EventEmitter {
     const fetch = (batch: string[]) =>
       Promise.all([
         batch,
-        this.limiter.run(() =>
-          this.backend.readFiles(batch.map((id) => this.metaPath(id))),
-        ),
-        this.limiter.run(() =>
-          this.backend.statFiles(batch.map((id) => this.envPath(id))),
-        ),
+        this.backend.readFiles(batch.map((id) => this.metaPath(id))),
+        this.backend.statFiles(batch.map((id) => this.envPath(id))),
       ] as const);
 
     // TODO: 100,000 messages load in about 1.8 s here (native) against a
@@ -465,9 +445,9 @@ export class DiskStorage extends EventEmitter {
     // an lstat, by full path, one thread per batch; openat/fstatat on a
     // directory fd, or more batches in parallel, would cut it further.
     // Read ahead: the next batches are listed and read while this one is
-    // checked and consumed; the limiter bounds the calls in flight. A
-    // promise held for later is marked handled now; its error, if any,
-    // comes out where it is awaited.
+    // checked and consumed; the backend's gate bounds the threads they
+    // take. A promise held for later is marked handled now; its error, if
+    // any, comes out where it is awaited.
     const batches = this.scan(this.metaDir, META_SUFFIX);
     const queue: ReturnType<typeof fetch>[] = [];
     let listed = false;
@@ -502,13 +482,13 @@ export class DiskStorage extends EventEmitter {
     for await (const batch of this.scan(this.envDir, ENV_SUFFIX)) {
       const unclaimed = batch.filter((id) => !claimed.has(id));
       if (unclaimed.length === 0) continue;
-      const metaStats = await this.limiter.run(() =>
-        this.backend.statFiles(unclaimed.map((id) => this.metaPath(id))),
+      const metaStats = await this.backend.statFiles(
+        unclaimed.map((id) => this.metaPath(id)),
       );
       const orphans = unclaimed.filter((_, i) => isMissing(metaStats[i]));
       if (orphans.length === 0) continue;
-      const envStats = await this.limiter.run(() =>
-        this.backend.statFiles(orphans.map((id) => this.envPath(id))),
+      const envStats = await this.backend.statFiles(
+        orphans.map((id) => this.envPath(id)),
       );
       for (let i = 0; i < orphans.length; i++) {
         const envStat = envStats[i];
@@ -590,9 +570,7 @@ export class DiskStorage extends EventEmitter {
       await this.own();
       return this.serial(id, async () => {
         const metaPath = this.metaPath(id);
-        const [file] = await this.limiter.run(() =>
-          this.backend.readFiles([metaPath]),
-        );
+        const [file] = await this.backend.readFiles([metaPath]);
         const meta = decodeMeta(this.fileOrThrow(id, file), id, metaPath);
         if (!change(meta)) return meta;
         const tmp = this.tmpPath(id, 'meta');
@@ -614,15 +592,18 @@ export class DiskStorage extends EventEmitter {
     return steps;
   }
 
-  // TODO: a plan waiting for a shared directory sync holds no pool thread
-  // but keeps its limiter slot, so with the default cap of 3 few plans
-  // ever wait together and group commit saves little; freeing the slot
-  // there needs the backend to report when a plan starts waiting.
+  /**
+   * The backend keeps the pool threads a plan takes within maxInFlight;
+   * the bound here is on plans under way. Each holds at most one open
+   * file, and the backend interleaves the requests of all of them, so
+   * with no bound a burst of calls would open as many files at once and
+   * every call would finish only near the end of the burst.
+   */
   private async runPlan(steps: Step[]): Promise<void> {
     const tmps = steps.flatMap((s) => (s.op === 'write_tmp' ? [s.path] : []));
     for (const t of tmps) liveTmpFiles.add(t);
     try {
-      await this.limiter.run(() => this.backend.run(steps));
+      await this.plans.run(() => this.backend.run(steps));
     } finally {
       for (const t of tmps) liveTmpFiles.delete(t);
     }

@@ -2,6 +2,7 @@ import { constants } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
+import { Limiter, defaultMaxInFlight } from './limiter';
 import type {
   Backend,
   BackendOptions,
@@ -38,18 +39,37 @@ interface Made {
 // the awaits, so the undo of the native chain does not happen here and
 // tmp files may stay; the store's startup sweep has to remove them.
 
+interface Waiter {
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+/** The shared sync of one directory while anyone waits for it. */
+interface DirSync {
+  /** Covered by the sync under way. */
+  covered: Waiter[];
+  /** Asked once its fsync had started: they wait for the next one. */
+  next: Waiter[];
+  syncing: boolean;
+}
+
 /**
  * Runs plans with node:fs/promises, one awaited call per system call:
  * the same steps, failure and undo rules, and error codes as the native
- * backend, for where the addon cannot load. Group commit works as in
- * the addon: directory syncs are shared by the plans of this thread.
+ * backend, for where the addon cannot load. Each awaited call takes a
+ * slot of the backend's gate, as each request does in the addon, and
+ * group commit works as there: directory syncs are shared by the plans
+ * of this backend.
  */
 export class JsBackend implements Backend {
   readonly name = 'js' as const;
   private readonly groupCommit: boolean;
+  private readonly gate: Limiter;
+  private readonly dirSyncs = new Map<string, DirSync>();
 
   constructor(options: BackendOptions = {}) {
     this.groupCommit = options.groupCommit ?? true;
+    this.gate = new Limiter(options.maxInFlight ?? defaultMaxInFlight());
   }
 
   async run(steps: Step[]): Promise<void> {
@@ -58,13 +78,13 @@ export class JsBackend implements Backend {
     try {
       for (const step of plan) {
         if (step.op === 'sync_dir' && this.groupCommit) {
-          await sharedSyncDir(step.path);
+          await this.sharedSyncDir(step.path);
         } else {
-          await runStep(step, made);
+          await runStep(this.gate, step, made);
         }
       }
     } catch (err) {
-      await undo(made);
+      await undo(this.gate, made);
       throw err;
     }
   }
@@ -77,7 +97,7 @@ export class JsBackend implements Backend {
     const files: (Buffer | NodeJS.ErrnoException)[] = [];
     for (const p of paths) {
       try {
-        files.push(await fs.readFile(p));
+        files.push(await this.gate.run(() => fs.readFile(p)));
       } catch (err) {
         files.push(err as NodeJS.ErrnoException);
       }
@@ -93,7 +113,7 @@ export class JsBackend implements Backend {
     const stats: (FileStat | NodeJS.ErrnoException)[] = [];
     for (const p of paths) {
       try {
-        const st = await fs.lstat(p);
+        const st = await this.gate.run(() => fs.lstat(p));
         stats.push({ size: st.size, ctimeMs: st.ctimeMs });
       } catch (err) {
         stats.push(err as NodeJS.ErrnoException);
@@ -101,52 +121,64 @@ export class JsBackend implements Backend {
     }
     return stats;
   }
-}
 
-interface Waiter {
-  resolve: () => void;
-  reject: (err: unknown) => void;
-}
-
-/** Directories with a shared sync running, and who waits for the next. */
-const dirSyncs = new Map<string, Waiter[]>();
-
-/**
- * Resolves once a sync of `dir` that started after this call has ended.
- * A sync already running may have started before the caller's link or
- * rename and does not count: whoever asks meanwhile waits for the next
- * one, which starts when it ends and covers all of them.
- */
-function sharedSyncDir(dir: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const waiting = dirSyncs.get(dir);
-    if (waiting) {
-      waiting.push({ resolve, reject });
-      return;
-    }
-    const first = [{ resolve, reject }];
-    dirSyncs.set(dir, []);
-    void syncInTurns(dir, first);
-  });
-}
-
-async function syncInTurns(dir: string, first: Waiter[]): Promise<void> {
-  let covered = first;
-  while (covered.length > 0) {
-    try {
-      await syncDir(dir);
-      for (const w of covered) w.resolve();
-    } catch (err) {
-      for (const w of covered) w.reject(err);
-    }
-    covered = dirSyncs.get(dir) ?? [];
-    dirSyncs.set(dir, []);
+  /**
+   * Resolves once a sync of `dir` whose fsync started after this call
+   * has ended. One whose fsync already started may predate the caller's
+   * link or rename and does not count: whoever asks then waits for the
+   * next sync, which starts when it ends and covers all of them. Until
+   * its fsync starts, a sync covers everyone who asks.
+   */
+  private sharedSyncDir(dir: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject };
+      const running = this.dirSyncs.get(dir);
+      if (running) {
+        (running.syncing ? running.next : running.covered).push(waiter);
+        return;
+      }
+      const sync: DirSync = {
+        covered: [waiter],
+        next: [],
+        syncing: false,
+      };
+      this.dirSyncs.set(dir, sync);
+      void this.syncInTurns(dir, sync);
+    });
   }
-  dirSyncs.delete(dir);
+
+  private async syncInTurns(dir: string, sync: DirSync): Promise<void> {
+    while (sync.covered.length > 0) {
+      try {
+        await syncDir(this.gate, dir, () => {
+          sync.syncing = true;
+        });
+        for (const w of sync.covered) w.resolve();
+      } catch (err) {
+        for (const w of sync.covered) w.reject(err);
+      }
+      sync.covered = sync.next;
+      sync.next = [];
+      sync.syncing = false;
+    }
+    this.dirSyncs.delete(dir);
+  }
 }
 
-async function syncDir(dir: string): Promise<void> {
-  return withHandle(await fs.open(dir, DIR_FLAGS), (fh) => fh.sync());
+// `starting` runs right before the fsync is submitted, in the same
+// turn, so that whoever asked before it is covered.
+async function syncDir(
+  gate: Limiter,
+  dir: string,
+  starting?: () => void,
+): Promise<void> {
+  const fh = await gate.run(() => fs.open(dir, DIR_FLAGS));
+  return withHandle(gate, fh, () =>
+    gate.run(() => {
+      starting?.();
+      return fh.sync();
+    }),
+  );
 }
 
 function invalid(message: string): never {
@@ -205,29 +237,33 @@ function forget(names: string[], name: string): void {
   if (i !== -1) names.splice(i, 1);
 }
 
-async function runStep(step: Step, made: Made): Promise<void> {
+async function runStep(
+  gate: Limiter,
+  step: Step,
+  made: Made,
+): Promise<void> {
   switch (step.op) {
     case 'write_tmp':
-      return writeTmp(step, made);
+      return writeTmp(gate, step, made);
 
     // Link, unlike rename, never replaces: an existing name fails with
     // EEXIST, so one message is never written over another.
     case 'publish':
-      await fs.link(step.from, step.to);
+      await gate.run(() => fs.link(step.from, step.to));
       made.published.push(step.to);
-      await fs.unlink(step.from);
+      await gate.run(() => fs.unlink(step.from));
       forget(made.tmpNames, step.from);
       return;
 
     // Not undone: once the rename succeeds the old file is gone.
     case 'replace':
-      await fs.rename(step.from, step.to);
+      await gate.run(() => fs.rename(step.from, step.to));
       forget(made.tmpNames, step.from);
       return;
 
     case 'unlink':
       try {
-        await fs.unlink(step.path);
+        await gate.run(() => fs.unlink(step.path));
       } catch (err) {
         const gone = (err as NodeJS.ErrnoException).code === 'ENOENT';
         if (!(gone && step.missingOk)) throw err;
@@ -238,40 +274,49 @@ async function runStep(step: Step, made: Made): Promise<void> {
     // A new or removed name is durable only once its directory is
     // synced, hence this comes after the link or rename it covers.
     case 'sync_dir':
-      return syncDir(step.path);
+      return syncDir(gate, step.path);
   }
 }
 
 // O_EXCL makes a leftover or planted file an error, O_NOFOLLOW keeps a
 // symlink from sending the body elsewhere, and datasync puts the body on
 // the disk before any name points at it.
-async function writeTmp(step: WriteTmpStep, made: Made): Promise<void> {
-  const fh = await fs.open(step.path, TMP_FLAGS, 0o600);
+async function writeTmp(
+  gate: Limiter,
+  step: WriteTmpStep,
+  made: Made,
+): Promise<void> {
+  const fh = await gate.run(() => fs.open(step.path, TMP_FLAGS, 0o600));
   made.tmpNames.push(step.path);
-  await withHandle(fh, async () => {
-    await writeAll(fh, step.bufs);
-    await fh.datasync();
+  await withHandle(gate, fh, async () => {
+    await writeAll(gate, fh, step.bufs);
+    await gate.run(() => fh.datasync());
   });
 }
 
 // Runs work on an open handle and closes it; when the work fails the
 // close error is dropped, since the first error is the one to report.
 async function withHandle(
+  gate: Limiter,
   fh: FileHandle,
-  work: (fh: FileHandle) => Promise<void>,
+  work: () => Promise<void>,
 ): Promise<void> {
   try {
-    await work(fh);
+    await work();
   } catch (err) {
-    await fh.close().catch(() => undefined);
+    await gate.run(() => fh.close()).catch(() => undefined);
     throw err;
   }
-  await fh.close();
+  await gate.run(() => fh.close());
 }
 
 // A write may take fewer bytes than offered, so each call starts where
 // the last one stopped.
-async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<void> {
+async function writeAll(
+  gate: Limiter,
+  fh: FileHandle,
+  bufs: Buffer[],
+): Promise<void> {
   let index = 0;
   let offset = 0;
   let position = 0;
@@ -291,7 +336,7 @@ async function writeAll(fh: FileHandle, bufs: Buffer[]): Promise<void> {
       room -= len;
     }
 
-    const { bytesWritten } = await fh.writev(iov, position);
+    const { bytesWritten } = await gate.run(() => fh.writev(iov, position));
     if (bytesWritten === 0) throw ioError('write');
     position += bytesWritten;
 
@@ -321,8 +366,8 @@ function ioError(syscall: string): NodeJS.ErrnoException {
 
 // Nothing of a failed plan may stay: tmp files still under their tmp
 // name and names it published are unlinked, errors ignored.
-async function undo(made: Made): Promise<void> {
+async function undo(gate: Limiter, made: Made): Promise<void> {
   for (const name of [...made.tmpNames, ...made.published]) {
-    await fs.unlink(name).catch(() => undefined);
+    await gate.run(() => fs.unlink(name)).catch(() => undefined);
   }
 }

@@ -1,20 +1,31 @@
 import * as path from 'node:path';
+import { defaultMaxInFlight } from './limiter';
 import type { Backend, BackendOptions, FileStat, Step } from './plan';
+
+/**
+ * A gate of the addon: every request of the calls given it waits for one
+ * of its slots. Opaque; it also holds the directory syncs those calls
+ * share.
+ */
+export type RawGate = object & { readonly __gate: unique symbol };
 
 /** What the addon exports; never public. */
 export interface RawBinding {
-  run_plan(steps: Step[], groupCommit: boolean): Promise<void>;
+  create_gate(maxInFlight: number): RawGate;
+  run_plan(gate: RawGate, steps: Step[], groupCommit: boolean): Promise<void>;
   read_files(
+    gate: RawGate,
     paths: string[],
   ): Promise<(Buffer | NodeJS.ErrnoException)[]>;
   stat_files(
+    gate: RawGate,
     paths: string[],
   ): Promise<(FileStat | NodeJS.ErrnoException)[]>;
   /**
    * The shared directory sync alone; resolves with the generation of the
-   * last sync started when called and of the sync that covered the call.
+   * last fsync submitted when called and of the one that covered it.
    */
-  sync_dir(path: string): Promise<[number, number]>;
+  sync_dir(gate: RawGate, path: string): Promise<[number, number]>;
 }
 
 let binding: RawBinding | null = null;
@@ -26,34 +37,38 @@ let loadError: Error | null = null;
  * place, not copied: changing one before the promise settles changes
  * what is written.
  *
- * With group commit, the directory syncs of concurrent plans are shared
- * in the addon, per thread: see {@link BackendOptions.groupCommit}.
+ * Every request passes the backend's gate in the addon, which keeps the
+ * backend within {@link BackendOptions.maxInFlight} pool threads; with
+ * group commit, the directory syncs of its concurrent plans are shared
+ * there too: see {@link BackendOptions.groupCommit}.
  */
 export class NativeBackend implements Backend {
   readonly name = 'native' as const;
   private readonly groupCommit: boolean;
+  private readonly gate: RawGate;
 
   constructor(
     private readonly raw: RawBinding,
     options: BackendOptions = {},
   ) {
     this.groupCommit = options.groupCommit ?? true;
+    this.gate = raw.create_gate(options.maxInFlight ?? defaultMaxInFlight());
   }
 
   async run(steps: Step[]): Promise<void> {
-    return this.raw.run_plan(steps, this.groupCommit);
+    return this.raw.run_plan(this.gate, steps, this.groupCommit);
   }
 
   async readFiles(
     paths: string[],
   ): Promise<(Buffer | NodeJS.ErrnoException)[]> {
-    return this.raw.read_files(paths);
+    return this.raw.read_files(this.gate, paths);
   }
 
   async statFiles(
     paths: string[],
   ): Promise<(FileStat | NodeJS.ErrnoException)[]> {
-    return this.raw.stat_files(paths);
+    return this.raw.stat_files(this.gate, paths);
   }
 }
 

@@ -63,16 +63,26 @@ export interface FileStat {
 export interface BackendOptions {
   /**
    * Let concurrent plans share directory syncs (default true): a plan
-   * waits for the next sync of its directory that starts after its own
+   * waits for a sync of its directory whose fsync starts after its own
    * links and renames, instead of running one of its own. Each plan is
-   * exactly as durable when it settles; fewer fsyncs run.
+   * exactly as durable when it settles; fewer fsyncs run. Syncs are
+   * shared by the calls of one backend.
    */
   groupCommit?: boolean;
+  /**
+   * The most threads of libuv's pool the backend holds at once (default
+   * the pool size less one, at least 1): every file-system request
+   * waits for a free slot, first come first served, and holds it only
+   * while it runs. A plan between two requests, or waiting for a shared
+   * directory sync, holds none, so any number of plans may be under way.
+   */
+  maxInFlight?: number;
 }
 
 /**
  * What both backends provide. Each call holds at most one thread of
- * libuv's pool at a time: steps, reads and lstats run one after another.
+ * libuv's pool at a time: steps, reads and lstats run one after another;
+ * all calls of one backend together hold at most `maxInFlight`.
  */
 export interface Backend {
   readonly name: 'native' | 'js';

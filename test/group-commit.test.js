@@ -1,6 +1,7 @@
 'use strict';
-// Group commit: concurrent writes share directory fsyncs, and a write
-// never counts a sync that was already running when it asked.
+// Group commit: concurrent writes share directory fsyncs, at the default
+// share of the thread pool, and a write never counts an fsync that had
+// started before its own link.
 
 const assert = require('node:assert/strict');
 const { spawnSync } = require('node:child_process');
@@ -18,75 +19,153 @@ function rawBinding() {
   return require('node-gyp-build')(root);
 }
 
-// Runs the writer under strace and counts the fsyncs of each queue
-// directory: `-y` names the directory behind each descriptor.
+// Turns a `strace -f` trace into calls numbered by line: a call that
+// blocks is split in an unfinished and a resumed line, so it starts at
+// the first and ends at the second. A before B means A.end < B.start.
+function parseCalls(text) {
+  const calls = [];
+  const pending = new Map();
+  text.split('\n').forEach((line, i) => {
+    const resumed = /^(\d+)\s+<\.\.\. (\w+) resumed>(.*)$/.exec(line);
+    if (resumed) {
+      const call = pending.get(resumed[1]);
+      if (!call) return;
+      pending.delete(resumed[1]);
+      call.end = i;
+      call.ok = /\)\s+= 0\b/.test(resumed[3]);
+      calls.push(call);
+      return;
+    }
+    const started = /^(\d+)\s+(\w+)\((.*)$/.exec(line);
+    if (!started) return;
+    const call = { name: started[2], args: started[3], start: i, end: i };
+    if (started[3].endsWith('<unfinished ...>')) {
+      pending.set(started[1], call);
+    } else {
+      call.ok = /\)\s+= 0\b/.test(started[3]);
+      calls.push(call);
+    }
+  });
+  return calls;
+}
+
+// Runs the writer under strace: `-y` names the directory behind each
+// fsync'ed descriptor, and the writer marks each resolved write.
 function traceWrites(dir, io, group, maxInFlight) {
   for (const sub of ['env', 'meta', 'tmp', 'meta/.quarantine']) {
     fs.mkdirSync(path.join(dir, sub), { recursive: true, mode: 0o700 });
   }
   const trace = path.join(dir, 'trace');
+  const args = [dir, io, group, String(WRITES)];
+  if (maxInFlight !== undefined) args.push(String(maxInFlight));
   const r = spawnSync(
     'strace',
-    ['-f', '-qq', '-y', '-e', 'trace=fsync', '-o', trace,
-      process.execPath, WRITER, dir, io, group, String(WRITES),
-      String(maxInFlight)],
+    ['-f', '-qq', '-y', '-e', 'trace=fsync,link,openat',
+      '-e', 'inject=fsync:delay_enter=20000', '-o', trace,
+      process.execPath, WRITER, ...args],
     { encoding: 'utf8', timeout: 120000 },
   );
   assert.equal(r.status, 0, r.stderr);
-  const lines = fs.readFileSync(trace, 'utf8').split('\n');
-  // A call another thread interrupts is split over two lines, of which
-  // only the first names the descriptor.
-  const count = (sub) =>
-    lines.filter((l) => /fsync\(\d+</.test(l) &&
-      l.includes(`<${path.join(dir, sub)}>`)).length;
+  const calls = parseCalls(fs.readFileSync(trace, 'utf8'));
+  const syncs = (sub) => {
+    const want = `<${path.join(dir, sub)}>`;
+    return calls.filter(
+      (c) => c.name === 'fsync' && /^\d+</.test(c.args) &&
+        c.args.includes(want),
+    );
+  };
   return {
     result: JSON.parse(r.stdout),
-    env: count('env'),
-    meta: count('meta'),
+    calls,
+    env: syncs('env').length,
+    meta: syncs('meta').length,
+    envSyncs: syncs('env'),
+    metaSyncs: syncs('meta'),
     stored: fs.readdirSync(path.join(dir, 'meta')).filter((n) =>
       n.endsWith('.meta'),
     ).length,
   };
 }
 
+// Each write resolved only after each of its names was linked, then an
+// fsync of that name's directory started, then ended.
+function checkCovered(t) {
+  const links = new Map();
+  const marks = new Map();
+  for (const c of t.calls) {
+    const link = /^"[^"]+", "([^"]+)"/.exec(c.args);
+    if (c.name === 'link' && link && c.ok) links.set(link[1], c);
+    const mark = /"\/nonexistent\/slimta-marker\/write:([0-9a-f]{32})"/
+      .exec(c.args);
+    if (c.name === 'openat' && mark) marks.set(mark[1], c);
+  }
+  assert.equal(marks.size, WRITES);
+  const uncovered = [];
+  for (const [id, mark] of marks) {
+    for (const [name, syncs] of [
+      [`env/${id}.env`, t.envSyncs],
+      [`meta/${id}.meta`, t.metaSyncs],
+    ]) {
+      const link = [...links].find(([to]) => to.endsWith(name))?.[1];
+      const ok =
+        link !== undefined &&
+        syncs.some(
+          (s) => s.ok && s.start > link.end && s.end < mark.start,
+        );
+      if (!ok) uncovered.push(name);
+    }
+  }
+  assert.deepEqual(uncovered, []);
+}
+
 describe('group commit', () => {
   describe('raw sync_dir()', () => {
     const dir = useTempDir();
 
-    it('covers every call by a sync that started after it', async () => {
-      const { sync_dir } = rawBinding();
+    it('lets every call join a sync until its fsync is submitted', async () => {
+      const { create_gate, sync_dir } = rawBinding();
+      const gate = create_gate(1);
       const calls = [];
-      for (let i = 0; i < 10; i++) calls.push(sync_dir(dir()));
-      const results = await Promise.all(calls);
-
-      const [after, first] = results[0];
-      assert.equal(first, after + 1);
-      // The nine others asked while the first sync ran: none of them may
-      // count it, and all of them share the one that starts next.
-      for (const [a, g] of results.slice(1)) {
-        assert.equal(a, first);
-        assert.equal(g, first + 1);
+      for (let i = 0; i < 10; i++) calls.push(sync_dir(gate, dir()));
+      // The first call's open runs; the fsync is not yet submitted, so
+      // the nine others are covered by the same one.
+      for (const pair of await Promise.all(calls)) {
+        assert.deepEqual(pair, [0, 1]);
       }
     });
 
-    it('starts a sync at once when none of that directory runs', async () => {
-      const { sync_dir } = rawBinding();
+    it('makes a call after the fsync was submitted wait for the next', async () => {
+      const { create_gate, read_files, sync_dir } = rawBinding();
+      const gate = create_gate(1);
+      const first = sync_dir(gate, dir());
+      // The read is queued behind the directory's open, the fsync behind
+      // the read; the read's promise settles after the fsync's turn.
+      const second = read_files(gate, [__filename]).then(() =>
+        sync_dir(gate, dir()),
+      );
+      assert.deepEqual(await first, [0, 1]);
+      assert.deepEqual(await second, [1, 2]);
+    });
+
+    it('syncs two directories side by side', async () => {
+      const { create_gate, sync_dir } = rawBinding();
+      const gate = create_gate(2);
       const other = path.join(dir(), 'other');
       fs.mkdirSync(other);
-      const [[a1, g1], [a2, g2]] = await Promise.all([
-        sync_dir(dir()),
-        sync_dir(other),
+      const pairs = await Promise.all([
+        sync_dir(gate, dir()),
+        sync_dir(gate, other),
       ]);
-      assert.equal(g1, a1 + 1);
-      assert.equal(g2, a2 + 1);
-      assert.equal(g2, g1 + 1);
+      assert.deepEqual(pairs.map(([a]) => a), [0, 0]);
+      assert.deepEqual(pairs.map(([, g]) => g).sort(), [1, 2]);
     });
 
     it('fails every call it covers with the fs error', async () => {
-      const { sync_dir } = rawBinding();
+      const { create_gate, sync_dir } = rawBinding();
+      const gate = create_gate(3);
       const missing = path.join(dir(), 'missing');
       const errors = await Promise.all(
-        [1, 2, 3].map(() => sync_dir(missing).catch((err) => err)),
+        [1, 2, 3].map(() => sync_dir(gate, missing).catch((err) => err)),
       );
       for (const err of errors) {
         assert.equal(err.code, 'ENOENT');
@@ -94,9 +173,50 @@ describe('group commit', () => {
         assert.equal(err.path, missing);
       }
     });
+
+    it('takes only a gate from create_gate()', () => {
+      const { create_gate, run_plan, sync_dir } = rawBinding();
+      for (const bad of [{}, null, 3, Buffer.alloc(8)]) {
+        assert.throws(() => run_plan(bad, [], true), {
+          code: 'ERR_INVALID_ARG_VALUE',
+          message: 'gate must come from create_gate()',
+        });
+        assert.throws(() => sync_dir(bad, dir()), {
+          code: 'ERR_INVALID_ARG_VALUE',
+        });
+      }
+      for (const bad of [0, 1.5, -1, '3', undefined]) {
+        assert.throws(() => create_gate(bad), {
+          code: 'ERR_INVALID_ARG_VALUE',
+        });
+      }
+    });
   });
 
   for (const io of BACKENDS) {
+    describe(`DiskStorage#write() (${io})`, function () {
+      this.timeout(120000);
+      const dir = useTempDir();
+
+      it('resolves 200 writes at once with one pool thread', async () => {
+        const { DiskStorage, Envelope } = require('..');
+        const store = new DiskStorage(
+          path.join(dir(), 'env'),
+          path.join(dir(), 'meta'),
+          null,
+          { io, maxInFlight: 1 },
+        );
+        const writes = [];
+        for (let i = 0; i < WRITES; i++) {
+          const env = new Envelope({ sender: 'a@x', recipients: ['b@x'] });
+          env.parse(Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`));
+          writes.push(store.write(env, i));
+        }
+        assert.equal(new Set(await Promise.all(writes)).size, WRITES);
+        await store.close();
+      });
+    });
+
     describe(`DiskStorage#write() (${io}) under strace`, function () {
       this.timeout(120000);
       const dir = useTempDir();
@@ -108,20 +228,30 @@ describe('group commit', () => {
         }
       });
 
-      it(`syncs each directory fewer times than ${WRITES} writes`, () => {
-        const t = traceWrites(dir(), io, 'on', 64);
+      it(`syncs each directory fewer than ${WRITES / 4} times for ${WRITES} writes at the default options`, () => {
+        const t = traceWrites(dir(), io, 'on');
         assert.deepEqual(t.result, { resolved: WRITES, io });
         assert.equal(t.stored, WRITES);
-        assert.ok(t.env >= 1 && t.env < WRITES, `env dir: ${t.env} fsyncs`);
-        assert.ok(t.meta >= 1 && t.meta < WRITES, `meta dir: ${t.meta}`);
+        assert.ok(t.env >= 1 && t.env < WRITES / 4, `env dir: ${t.env}`);
+        assert.ok(t.meta >= 1 && t.meta < WRITES / 4, `meta dir: ${t.meta}`);
+        checkCovered(t);
+      });
+
+      it('shares syncs with one pool thread too', () => {
+        const t = traceWrites(dir(), io, 'on', 1);
+        assert.deepEqual(t.result, { resolved: WRITES, io });
+        assert.ok(t.env >= 1 && t.env < WRITES / 4, `env dir: ${t.env}`);
+        assert.ok(t.meta >= 1 && t.meta < WRITES / 4, `meta dir: ${t.meta}`);
+        checkCovered(t);
       });
 
       it('syncs each directory once per write when off', () => {
-        const t = traceWrites(dir(), io, 'off', 64);
+        const t = traceWrites(dir(), io, 'off');
         assert.deepEqual(t.result, { resolved: WRITES, io });
         assert.equal(t.stored, WRITES);
         assert.equal(t.env, WRITES);
         assert.equal(t.meta, WRITES);
+        checkCovered(t);
       });
     });
   }

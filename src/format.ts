@@ -62,8 +62,7 @@ export interface Meta {
  * soon as write() returns, while the bytes reach the disk later.
  */
 export function encodeEnvelope(id: string, envelope: Envelope): Buffer[] {
-  const fields = checkEnvelope(envelope);
-  const [headerBlock, body] = envelope.flatten();
+  const { fields, timestamp, headerBlock, body } = checkEnvelope(envelope);
   const json = Buffer.from(JSON.stringify(fields), 'utf8');
 
   const total =
@@ -78,10 +77,10 @@ export function encodeEnvelope(id: string, envelope: Envelope): Buffer[] {
   const head = Buffer.alloc(ENV_HEAD);
   ENV_MAGIC.copy(head, 0);
   head.writeUInt16LE(FORMAT_VERSION, 8);
-  head.writeUInt16LE(envelope.timestamp === null ? 0 : HAS_TIMESTAMP, 10);
+  head.writeUInt16LE(timestamp === null ? 0 : HAS_TIMESTAMP, 10);
   head.writeUInt32LE(json.length, 12);
   head.write(id, 16, 'hex');
-  head.writeDoubleLE(envelope.timestamp ?? 0, 32);
+  head.writeDoubleLE(timestamp ?? 0, 32);
   head.writeBigUInt64LE(BigInt(headerBlock.length), 40);
   head.writeBigUInt64LE(BigInt(body.length), 48);
 
@@ -124,13 +123,20 @@ export function decodeEnvelope(
   checkCrc(file, path);
   checkId(file, id, path);
 
-  let fields: EnvelopeFields;
+  let parsed: unknown;
   try {
-    fields = JSON.parse(
-      file.toString('utf8', ENV_HEAD, ENV_HEAD + jsonLength),
-    ) as EnvelopeFields;
+    const json = file.subarray(ENV_HEAD, ENV_HEAD + jsonLength);
+    parsed = JSON.parse(strictUtf8.decode(json));
   } catch (err) {
-    return fail(`envelope fields are not JSON (${(err as Error).message})`);
+    return fail(`envelope fields are not UTF-8 JSON (${String(err)})`);
+  }
+  const problem = fieldsProblem(parsed);
+  if (problem !== null) fail(`envelope fields: ${problem}`);
+  const fields = parsed as EnvelopeFields;
+
+  const receivedAt = file.readDoubleLE(32);
+  if (flags & HAS_TIMESTAMP ? !Number.isFinite(receivedAt) : receivedAt !== 0) {
+    fail(`bad receipt timestamp ${receivedAt}`);
   }
 
   const headerStart = ENV_HEAD + jsonLength;
@@ -143,7 +149,7 @@ export function decodeEnvelope(
       recipients: fields.recipients,
       client: fields.client,
       receiver: fields.receiver,
-      timestamp: flags & HAS_TIMESTAMP ? file.readDoubleLE(32) : null,
+      timestamp: flags & HAS_TIMESTAMP ? receivedAt : null,
     },
   );
 }
@@ -197,74 +203,126 @@ export function decodeMeta(file: Buffer, id: string, path: string): Meta {
     }
     delivered.push(index);
   }
+  const timestamp = file.readDoubleLE(32);
+  if (!Number.isFinite(timestamp)) fail(`bad timestamp ${timestamp}`);
+  const envSize = safeLength(file.readBigUInt64LE(40));
+  if (envSize > MAX_ENV_FILE_SIZE) fail(`envelope size ${envSize} too large`);
   return {
     id,
-    timestamp: file.readDoubleLE(32),
+    timestamp,
     attempts: file.readUInt32LE(12),
     recipientCount,
     delivered,
-    envSize: safeLength(file.readBigUInt64LE(40)),
+    envSize,
   };
+}
+
+interface CheckedEnvelope {
+  fields: EnvelopeFields;
+  timestamp: number | null;
+  headerBlock: Uint8Array;
+  body: Uint8Array;
 }
 
 /**
  * Checks what the format can store exactly. Anything else is refused with
  * an InvalidEnvelopeError rather than stored changed: JSON cannot carry a
- * lone surrogate through UTF-8, and CR, LF or NUL in an address would let
- * it inject SMTP commands once it is relayed.
+ * lone surrogate through UTF-8, a string body would be counted in UTF-16
+ * units but written as UTF-8 bytes, and CR, LF or NUL in an address would
+ * let it inject SMTP commands once it is relayed.
  */
-function checkEnvelope(envelope: Envelope): EnvelopeFields {
+function checkEnvelope(envelope: Envelope): CheckedEnvelope {
+  const refuse = (reason: string): never => {
+    throw new InvalidEnvelopeError(reason);
+  };
   if (envelope === null || typeof envelope !== 'object') {
-    throw new InvalidEnvelopeError('envelope must be an Envelope object');
+    refuse('envelope must be an Envelope object');
   }
   if (typeof envelope.flatten !== 'function') {
-    throw new InvalidEnvelopeError('envelope has no flatten() method');
+    refuse('envelope has no flatten() method');
   }
-  const sender = envelope.sender;
-  if (sender !== null) checkAddress(sender, 'sender');
-  if (!Array.isArray(envelope.recipients)) {
-    throw new InvalidEnvelopeError('envelope.recipients must be an array');
-  }
-  const recipients = envelope.recipients.slice();
-  recipients.forEach((r, i) => checkAddress(r, `recipients[${i}]`));
 
   const client = envelope.client ?? {};
-  const fields = ['ip', 'host', 'name', 'protocol', 'auth'] as const;
-  const outClient = {} as ClientInfo;
-  for (const key of fields) {
-    const value = client[key] ?? null;
-    if (value !== null) checkText(value, `client.${key}`);
-    outClient[key] = value;
-  }
-  const receiver = envelope.receiver ?? null;
-  if (receiver !== null) checkText(receiver, 'receiver');
+  if (!isRecord(client)) refuse('envelope.client must be an object');
+  const fields = {
+    sender: envelope.sender === undefined ? null : envelope.sender,
+    recipients: Array.isArray(envelope.recipients)
+      ? envelope.recipients.slice()
+      : envelope.recipients,
+    client: Object.fromEntries(
+      CLIENT_KEYS.map((key) => [key, client[key] ?? null]),
+    ),
+    receiver: envelope.receiver ?? null,
+  };
+  const problem = fieldsProblem(fields);
+  if (problem !== null) refuse(`envelope.${problem}`);
 
-  const ts = envelope.timestamp ?? null;
-  if (ts !== null && (typeof ts !== 'number' || !Number.isFinite(ts))) {
-    throw new InvalidEnvelopeError(
-      'envelope.timestamp must be a finite number or null',
-    );
+  const timestamp = envelope.timestamp ?? null;
+  if (timestamp !== null && !Number.isFinite(timestamp)) {
+    refuse('envelope.timestamp must be a finite number or null');
   }
-  return { sender, recipients, client: outClient, receiver };
+
+  const [headerBlock, body] = envelope.flatten();
+  if (!(headerBlock instanceof Uint8Array) || !(body instanceof Uint8Array)) {
+    refuse('envelope header block and message must be Buffers');
+  }
+  return {
+    fields: fields as unknown as EnvelopeFields,
+    timestamp,
+    headerBlock,
+    body,
+  };
 }
 
-function checkAddress(value: unknown, what: string): void {
-  checkText(value, what);
-  if (/[\r\n\0]/.test(value as string)) {
-    throw new InvalidEnvelopeError(`${what} contains CR, LF or NUL`);
+const CLIENT_KEYS = ['ip', 'host', 'name', 'protocol', 'auth'] as const;
+
+/**
+ * Why a value is not envelope fields this format stores, or null. Used
+ * both ways: to refuse an envelope before it is written, and to refuse a
+ * file whose checksum is good but whose JSON is not what this module
+ * writes (another writer, a hand edit), which would otherwise surface far
+ * from the file, as a TypeError or as an address that smuggles CR LF.
+ */
+function fieldsProblem(value: unknown): string | null {
+  if (!isRecord(value)) return 'fields are not an object';
+  if (value.sender !== null) {
+    const bad = textProblem(value.sender, true);
+    if (bad) return `sender ${bad}`;
   }
+  const recipients = value.recipients;
+  if (!Array.isArray(recipients)) return 'recipients must be an array';
+  for (let i = 0; i < recipients.length; i++) {
+    const bad = textProblem(recipients[i], true);
+    if (bad) return `recipients[${i}] ${bad}`;
+  }
+  const client = value.client;
+  if (!isRecord(client)) return 'client must be an object';
+  for (const key of CLIENT_KEYS) {
+    const bad = client[key] === null ? null : textProblem(client[key], false);
+    if (bad) return `client.${key} ${bad}`;
+  }
+  if (value.receiver !== null) {
+    const bad = textProblem(value.receiver, false);
+    if (bad) return `receiver ${bad}`;
+  }
+  return null;
 }
 
-function checkText(value: unknown, what: string): void {
-  if (typeof value !== 'string') {
-    throw new InvalidEnvelopeError(`${what} must be a string or null`);
-  }
+function textProblem(value: unknown, address: boolean): string | null {
+  if (typeof value !== 'string') return 'must be a string or null';
   if (!value.isWellFormed()) {
-    throw new InvalidEnvelopeError(
-      `${what} contains a lone UTF-16 surrogate, which UTF-8 cannot store`,
-    );
+    return 'contains a lone UTF-16 surrogate, which UTF-8 cannot store';
   }
+  if (address && /[\r\n\0]/.test(value)) return 'contains CR, LF or NUL';
+  return null;
 }
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Decodes UTF-8 and throws on a malformed byte rather than replacing it. */
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
 function crcOf(parts: Buffer[]): number {
   let crc = 0;

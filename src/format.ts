@@ -30,7 +30,10 @@ const HAS_TIMESTAMP = 1;
  * The largest env file the store accepts, 2 GiB less one byte: get() must
  * read it back whole, and node:fs reads at most that much into one Buffer.
  */
-export const MAX_ENV_FILE_SIZE = Math.min(2 ** 31 - 1, bufferConstants.MAX_LENGTH);
+export const MAX_ENV_FILE_SIZE = Math.min(
+  2 ** 31 - 1,
+  bufferConstants.MAX_LENGTH,
+);
 
 export const ID_PATTERN = /^[0-9a-f]{32}$/;
 
@@ -108,8 +111,11 @@ export function decodeEnvelope(
   const fail = (reason: string): never => {
     throw new CorruptError(path, reason);
   };
-  if (file.length < ENV_HEAD + TRAILER) fail(`${file.length} bytes is too short`);
+  if (file.length < ENV_HEAD + TRAILER) {
+    fail(`${file.length} bytes is too short`);
+  }
   checkMagic(file, ENV_MAGIC, path);
+
   const flags = file.readUInt16LE(10);
   if ((flags & ~HAS_TIMESTAMP) !== 0) fail(`unknown flags ${flags}`);
 
@@ -184,7 +190,8 @@ export function decodeMeta(file: Buffer, id: string, path: string): Meta {
     fail(`${file.length} bytes is too short`);
   }
   checkMagic(file, META_MAGIC, path);
-  if (file.readUInt16LE(10) !== 0) fail('unknown flags');
+  const flags = file.readUInt16LE(10);
+  if (flags !== 0) fail(`unknown flags ${flags}`);
   const count = file.readUInt32LE(52);
   const expected = META_HEAD + 4 * count + TRAILER;
   if (expected !== file.length) {

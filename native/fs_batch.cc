@@ -19,10 +19,14 @@ constexpr size_t kMaxFileBytes = 0x7fffffff;
 // First buffer for a file whose size fstat does not tell.
 constexpr size_t kFirstChunk = 64 * 1024;
 
+// Queue files are read without following a planted symlink, and without
+// blocking on a planted FIFO.
 #ifdef O_CLOEXEC
-constexpr int kReadFlags = UV_FS_O_RDONLY | O_CLOEXEC;
+constexpr int kReadFlags =
+    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK | O_CLOEXEC;
 #else
-constexpr int kReadFlags = UV_FS_O_RDONLY;
+constexpr int kReadFlags =
+    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK;
 #endif
 
 // The calls below run on a pool thread and block it: libuv runs a
@@ -39,18 +43,27 @@ void set_error(fs_batch_file& f, int err, const char* syscall, bool path) {
   if (path) f.result.path = f.path;
 }
 
-// Read: a regular file up to the size fstat gave; anything else (a
-// directory, a pipe, a /proc file) until read returns nothing, with a
-// buffer that doubles as it fills. Returns 0 or the error, already set.
+// Read: a regular file up to the size fstat gave, or, when fstat gives
+// no size (a /proc file), until read returns nothing, with a buffer that
+// doubles as it fills. A directory fails at read with EISDIR; anything
+// else that is not a regular file (a FIFO, a device) with EINVAL, so a
+// planted one cannot stall or flood a read of the queue. Returns 0 or
+// the error, already set.
 int read_all(fs_batch_t* b, fs_batch_file& f, uv_file fd) {
   uv_fs_t req;
   int r = uv_fs_fstat(b->loop, &req, fd, nullptr);
-  bool regular = S_ISREG(req.statbuf.st_mode);
+  uint64_t mode = req.statbuf.st_mode;
+  bool regular = S_ISREG(mode);
   uint64_t size = req.statbuf.st_size;
   uv_fs_req_cleanup(&req);
   if (r < 0) {
     set_error(f, r, "fstat", false);
     return r;
+  }
+
+  if (!regular && !S_ISDIR(mode)) {
+    set_error(f, UV_EINVAL, "read", false);
+    return UV_EINVAL;
   }
 
   if (regular && size > kMaxFileBytes) {

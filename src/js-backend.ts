@@ -29,6 +29,11 @@ const TMP_FLAGS =
 
 const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | O_CLOEXEC;
 
+// Queue files are read without following a planted symlink, and without
+// blocking on a planted FIFO (see readQueueFile).
+const READ_FLAGS =
+  constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | O_CLOEXEC;
+
 /** What a plan has made so far, to be undone if a later step fails. */
 interface Made {
   tmpNames: string[];
@@ -97,7 +102,7 @@ export class JsBackend implements Backend {
     const files: (Buffer | NodeJS.ErrnoException)[] = [];
     for (const p of paths) {
       try {
-        files.push(await this.gate.run(() => fs.readFile(p)));
+        files.push(await this.gate.run(() => readQueueFile(p)));
       } catch (err) {
         files.push(err as NodeJS.ErrnoException);
       }
@@ -369,5 +374,30 @@ function ioError(syscall: string): NodeJS.ErrnoException {
 async function undo(gate: Limiter, made: Made): Promise<void> {
   for (const name of [...made.tmpNames, ...made.published]) {
     await gate.run(() => fs.unlink(name)).catch(() => undefined);
+  }
+}
+
+/**
+ * Reads a whole file as the native backend does: a directory fails at
+ * read with EISDIR, and anything else that is not a regular file (a FIFO,
+ * a device) with EINVAL, so that a planted one cannot stall or flood a
+ * read of the queue.
+ */
+async function readQueueFile(file: string): Promise<Buffer> {
+  const handle = await fs.open(file, READ_FLAGS);
+  try {
+    const st = await handle.stat();
+    if (!st.isFile() && !st.isDirectory()) {
+      const err: NodeJS.ErrnoException = new Error(
+        'EINVAL: invalid argument, read',
+      );
+      err.errno = -os.constants.errno.EINVAL;
+      err.code = 'EINVAL';
+      err.syscall = 'read';
+      throw err;
+    }
+    return await handle.readFile();
+  } finally {
+    await handle.close();
   }
 }

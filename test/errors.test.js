@@ -147,6 +147,28 @@ for (const io of BACKENDS) {
       assert.ok(!fs.existsSync(tmp()), 'an operation recreated the queue');
     });
 
+    it('does not block on a FIFO or follow a symlink planted at a message path', async function () {
+      const id = await store.write(makeEnvelope(), 1);
+      const env = path.join(dir('env'), `${id}.env`);
+      const meta = path.join(dir('meta'), `${id}.meta`);
+      const outside = path.join(tmp(), 'outside');
+      fs.writeFileSync(outside, fs.readFileSync(meta));
+
+      fs.rmSync(env);
+      execFileSync('mkfifo', [env]);
+      const fifo = await rejects(store.get(id));
+      assert.equal(fifo.code, 'EINVAL');
+      assert.equal(fifo.syscall, 'read');
+      sameAcrossBackends('FIFO', io, fifo);
+
+      fs.rmSync(meta);
+      fs.symlinkSync(outside, meta);
+      const link = await rejects(store.inspect(id));
+      assert.equal(link.code, 'ELOOP');
+      assert.equal(link.path, meta);
+      sameAcrossBackends('symlink', io, link);
+    });
+
     it('rejects with ENOTDIR when a queue directory is a file', async function () {
       const file = path.join(tmp(), 'file');
       fs.writeFileSync(file, 'x');

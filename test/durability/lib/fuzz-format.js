@@ -36,7 +36,7 @@ const metaSource = fc
     attempts: fc.nat({ max: 0xffffffff }),
     recipientCount: fc.nat({ max: 40 }),
     picks: fc.array(fc.nat({ max: 39 }), { maxLength: 10 }),
-    envSize: fc.nat({ max: Number.MAX_SAFE_INTEGER }),
+    envSize: fc.nat({ max: 2 ** 31 - 1 }), // the largest env file the format allows
   })
   .map(({ picks, ...m }) => ({
     ...m,
@@ -195,10 +195,10 @@ function envelopeShapeProblem(e) {
 function metaShapeProblem(m, id) {
   const u32 = (v) => Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
   if (m.id !== id) return `id ${m.id}`;
-  if (typeof m.timestamp !== 'number') return `timestamp ${m.timestamp}`;
+  if (!Number.isFinite(m.timestamp)) return `timestamp ${m.timestamp}`;
   if (!u32(m.attempts)) return `attempts ${m.attempts}`;
   if (!u32(m.recipientCount)) return `recipientCount ${m.recipientCount}`;
-  if (!Number.isSafeInteger(m.envSize) || m.envSize < 0) return `envSize ${m.envSize}`;
+  if (!Number.isSafeInteger(m.envSize) || m.envSize < 0 || m.envSize > 2 ** 31 - 1) return `envSize ${m.envSize}`;
   if (!m.delivered.every((x, i) => u32(x) && x < m.recipientCount && (i === 0 || x > m.delivered[i - 1]))) {
     return `delivered ${m.delivered}`;
   }

@@ -189,6 +189,7 @@ function openStore(name, dir) {
 
 module.exports = {
   CONTENDERS,
+  SCHEMA,
   loadLibrary,
   loadFormat,
   openSqliteDb,

@@ -1,13 +1,20 @@
 'use strict';
 
 /**
- * Writes the queues that the load() and get() cells read, once per run,
- * in a process of its own: env and meta files made directly with the
- * on-disk format (no sync per file; one `sync` at the end), and a SQLite
- * database with the same messages.
+ * Writes the queues that the load() and get() cells read, in a process of
+ * its own: env and meta files made directly with the on-disk format (no
+ * sync per file; one `sync` at the end), and a SQLite database with the
+ * same messages. run.js keeps them between runs (they are read, never
+ * changed, by the cells), so this runs once per queue and format.
  *
- * Usage: node bench/prepare.js DIR COUNT BODY_BYTES
- * Leaves DIR/env, DIR/meta, DIR/ids.json and DIR/queue.sqlite.
+ * Usage: node bench/prepare.js DIR COUNT BODY_BYTES PARTS
+ *   PARTS: comma-separated, of
+ *     files   DIR/env, DIR/meta and DIR/ids.json, then DIR/files.done
+ *     sqlite  DIR/queue.sqlite, then DIR/sqlite.done; made from the files
+ *             when these are already there
+ *     warm    read every file once, so that the cells meet a warm page
+ *             cache as they do right after the files were written (not
+ *             done when this run wrote them)
  */
 
 const fs = require('node:fs');
@@ -23,51 +30,122 @@ const {
 } = require('./contenders');
 const { makeEnvelope } = require('./message');
 
-const [dir, countArg, bytesArg] = process.argv.slice(2);
+const [dir, countArg, bytesArg, partsArg = 'files,sqlite'] =
+  process.argv.slice(2);
 const count = Number(countArg);
 const bodyBytes = Number(bytesArg);
+const parts = new Set(partsArg.split(','));
 
-const { Envelope } = loadLibrary();
-const { encodeEnvelope, encodeMeta, sizeOf } = loadFormat();
-const env = makeEnvelope(Envelope, bodyBytes);
+const FILES_DONE = path.join(dir, 'files.done');
+const SQLITE_DONE = path.join(dir, 'sqlite.done');
+const SQLITE_FILE = path.join(dir, 'queue.sqlite');
 const [envDir, metaDir] = queueDirs(dir);
-fs.mkdirSync(envDir, { recursive: true, mode: 0o700 });
-fs.mkdirSync(metaDir, { recursive: true, mode: 0o700 });
 
-let db = null;
-try {
-  db = openSqliteDb(path.join(dir, 'queue.sqlite'));
-} catch (err) {
-  process.stderr.write(`prepare: no SQLite queue: ${err.message}\n`);
+/** Rows go in one transaction: the database is built, not measured. */
+function openDb() {
+  for (const suffix of ['', '-wal', '-shm']) {
+    fs.rmSync(SQLITE_FILE + suffix, { force: true });
+  }
+  const db = openSqliteDb(SQLITE_FILE);
+  const insert = db.prepare("INSERT INTO messages VALUES (?, ?, ?, 0, '[]')");
+  db.exec('BEGIN');
+  return {
+    insert: (id, file, ts) => insert.run(id, file, ts),
+    finish() {
+      db.exec('COMMIT');
+      db.close();
+    },
+  };
 }
-const insert = db?.prepare("INSERT INTO messages VALUES (?, ?, ?, 0, '[]')");
 
-const ids = [];
-const now = Date.now() / 1000;
-db?.exec('BEGIN');
-for (let i = 0; i < count; i++) {
-  const id = randomBytes(16).toString('hex');
-  const bufs = encodeEnvelope(id, env);
-  const timestamp = now + (i % 3600);
-  const meta = encodeMeta({
-    id,
-    timestamp,
-    attempts: 0,
-    recipientCount: env.recipients.length,
-    delivered: [],
-    envSize: sizeOf(bufs),
+function timestampOf(now, i) {
+  return now + (i % 3600);
+}
+
+function writeFiles(withSqlite) {
+  const { Envelope } = loadLibrary();
+  const { encodeEnvelope, encodeMeta, sizeOf } = loadFormat();
+  const env = makeEnvelope(Envelope, bodyBytes);
+  fs.mkdirSync(envDir, { recursive: true, mode: 0o700 });
+  fs.mkdirSync(metaDir, { recursive: true, mode: 0o700 });
+  const db = withSqlite ? openDb() : null;
+
+  const ids = [];
+  const now = Date.now() / 1000;
+  for (let i = 0; i < count; i++) {
+    const id = randomBytes(16).toString('hex');
+    const bufs = encodeEnvelope(id, env);
+    const timestamp = timestampOf(now, i);
+    const meta = encodeMeta({
+      id,
+      timestamp,
+      attempts: 0,
+      recipientCount: env.recipients.length,
+      delivered: [],
+      envSize: sizeOf(bufs),
+    });
+    const file = Buffer.concat(bufs);
+    fs.writeFileSync(path.join(envDir, `${id}.env`), file);
+    fs.writeFileSync(path.join(metaDir, `${id}.meta`), meta);
+    db?.insert(id, file, timestamp);
+    ids.push(id);
+  }
+  db?.finish();
+  fs.writeFileSync(path.join(dir, 'ids.json'), JSON.stringify(ids));
+  // Write back now, so that the cells measured next do not pay for it;
+  // the markers go last, so that a run stopped halfway is seen as such.
+  execFileSync('sync');
+  fs.writeFileSync(FILES_DONE, JSON.stringify({ count, bodyBytes, now }));
+  if (db) fs.writeFileSync(SQLITE_DONE, '');
+}
+
+/** The same rows as writeFiles() would have inserted, from its files. */
+function writeSqliteFromFiles() {
+  const { now } = JSON.parse(fs.readFileSync(FILES_DONE, 'utf8'));
+  const ids = JSON.parse(fs.readFileSync(path.join(dir, 'ids.json'), 'utf8'));
+  const db = openDb();
+  ids.forEach((id, i) => {
+    const file = fs.readFileSync(path.join(envDir, `${id}.env`));
+    db.insert(id, file, timestampOf(now, i));
   });
-  const file = Buffer.concat(bufs);
-  fs.writeFileSync(path.join(envDir, `${id}.env`), file);
-  fs.writeFileSync(path.join(metaDir, `${id}.meta`), meta);
-  insert?.run(id, file, timestamp);
-  ids.push(id);
+  db.finish();
+  execFileSync('sync');
+  fs.writeFileSync(SQLITE_DONE, '');
 }
-db?.exec('COMMIT');
-db?.close();
 
-fs.writeFileSync(path.join(dir, 'ids.json'), JSON.stringify(ids));
+/** Reads every file of the queue once, into the page cache. */
+function warm() {
+  let files = 0;
+  for (const sub of [envDir, metaDir]) {
+    // The stores that read the queue leave their .tmp directory there.
+    for (const entry of fs.readdirSync(sub, { withFileTypes: true })) {
+      if (!entry.isFile()) continue;
+      fs.readFileSync(path.join(sub, entry.name));
+      files++;
+    }
+  }
+  if (fs.existsSync(SQLITE_FILE)) {
+    // Read in pieces: the database may be larger than one Buffer.
+    const fd = fs.openSync(SQLITE_FILE, 'r');
+    const buf = Buffer.allocUnsafe(1 << 20);
+    while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
+    fs.closeSync(fd);
+    files++;
+  }
+  return files;
+}
 
-// Write back now, so that the cells measured next do not pay for it.
-execFileSync('sync');
-process.send?.({ type: 'result', result: { count } });
+const filesReady = fs.existsSync(FILES_DONE);
+const sqliteReady = fs.existsSync(SQLITE_DONE);
+const report = {};
+if (parts.has('files') && !filesReady) {
+  writeFiles(parts.has('sqlite'));
+  report.wrote = count;
+} else if (parts.has('sqlite') && !sqliteReady) {
+  if (!filesReady) throw new Error(`${dir}: no files to make SQLite from`);
+  writeSqliteFromFiles();
+  report.wroteSqlite = count;
+}
+// Files written just now are in the page cache already.
+if (parts.has('warm') && !report.wrote) report.warmed = warm();
+process.send?.({ type: 'result', result: report });

@@ -34,8 +34,15 @@ function addRatios(cells) {
 }
 
 function noteOf(cell) {
+  if (cell.skipped) return 'SKIPPED: no better-sqlite3 (see below)';
   if (!cell.ok) return `FAILED: ${cell.error.split('\n')[0]}`.slice(0, 40);
   const notes = [];
+  if (cell.msgsPerSecMin != null) {
+    notes.push(`${sig(cell.msgsPerSecMin)}-${sig(cell.msgsPerSecMax)}`);
+  }
+  if (cell.failedRuns) {
+    notes.push(`${cell.failedRuns} of ${cell.repeats} runs FAILED`);
+  }
   if (cell.io && cell.contender !== 'sqlite' && cell.contender !== 'ceiling') {
     const wanted = cell.contender === 'js' ? 'js' : 'native';
     if (cell.io !== wanted) notes.push(`ran on ${cell.io}!`);
@@ -114,7 +121,10 @@ const NOTES = [
     'pthread per client, no JavaScript; no event loop, so no ELD.',
   'load: a fresh process opens the queue and iterates load() over ' +
     'messages prepared beforehand (warm page cache); sqlite: SELECT id, ts ' +
-    'of every row.',
+    'of every row. The load and get queues are kept in bench/.scratch ' +
+    'between runs and reused while the format and prepare.js are unchanged ' +
+    '(`--clean` removes them); a reused queue is read through once first, ' +
+    'to warm the page cache.',
   'write-50m-c1: one 50 MiB message; p50 = p99 = its write() time; ' +
     '"in write()" is the peak RSS during write() less the RSS right before ' +
     "it, with the caller's message already built and its garbage collected: " +
@@ -123,6 +133,15 @@ const NOTES = [
     'baseline, where Linux allows it) and RSS sampled every millisecond ' +
     'during the call. RSS MB is still the whole life of the process.',
 ];
+
+/** The line that says how --repeat N was summed up. */
+function repeatNote(n) {
+  return (
+    `- repeats: every cell ran ${n} times, each workload's contenders in ` +
+    'turn, round after round; msgs/s is the median over the runs (their ' +
+    'range in notes), the other figures those of the median run.'
+  );
+}
 
 /** The targets, measured: never asserted anywhere, only reported. */
 function evaluateTargets(cells) {
@@ -249,6 +268,7 @@ function formatMachine(m) {
 
 module.exports = {
   NOTES,
+  repeatNote,
   addRatios,
   evaluateTargets,
   formatMachine,

@@ -3,21 +3,36 @@
 
 /**
  * `npm run bench`: every contender on every workload, in turn, each cell
- * in a fresh child process on a fresh queue directory. Prints a table and
- * the machine, and writes bench/results/<date>.json and latest.json.
+ * in a fresh child process; the write and life cells on a fresh queue
+ * directory, the load and get cells on queues prepared once and kept in
+ * the scratch directory. With --repeat N every cell runs N times and the
+ * median msgs/s is reported. Prints a table and the machine, and writes
+ * bench/results/<date>.json and latest.json.
  */
 
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { execFileSync, fork, spawn } = require('node:child_process');
+const { createHash } = require('node:crypto');
+const {
+  execFileSync,
+  fork,
+  spawn,
+  spawnSync,
+} = require('node:child_process');
 const { Command, InvalidArgumentError } = require('commander');
 
 const { planCells } = require('./cells');
-const { CONTENDERS, loadFormat, loadLibrary } = require('./contenders');
+const {
+  CONTENDERS,
+  SCHEMA,
+  loadFormat,
+  loadLibrary,
+} = require('./contenders');
 const { makeEnvelope } = require('./message');
 const {
   NOTES,
+  repeatNote,
   addRatios,
   evaluateTargets,
   formatMachine,
@@ -31,7 +46,7 @@ const RESULTS = path.join(__dirname, 'results');
 const program = new Command()
   .name('npm run bench --')
   .description('Benchmark the queue store against its contenders.')
-  .option('--quick', 'a short run of the main cells (about 1-2 minutes)')
+  .option('--quick', 'a short run of the main cells (about a minute)')
   .option(
     '--only <contenders>',
     `comma-separated contenders: ${Object.keys(CONTENDERS).join(', ')}`,
@@ -48,6 +63,16 @@ const program = new Command()
     'where queues are made; must be a real disk, not tmpfs',
     path.join('bench', '.scratch'),
   )
+  .option(
+    '--repeat <n>',
+    'run every cell n times and report the median msgs/s',
+    positiveInt,
+    1,
+  )
+  .option(
+    '--clean',
+    'remove the prepared queues kept in the scratch directory, and exit',
+  )
   .option('--no-save', 'do not write bench/results/')
   .parse();
 
@@ -63,6 +88,14 @@ function list(allowed) {
     }
     return names;
   };
+}
+
+function positiveInt(value) {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new InvalidArgumentError('must be a positive integer');
+  }
+  return n;
 }
 
 function selectCells(cells) {
@@ -85,6 +118,114 @@ function sh(cmd, args, cwd = ROOT) {
   }
 }
 
+// --- better-sqlite3 --------------------------------------------------------
+
+/**
+ * A binding that was never built (npm skips the install scripts of
+ * dependencies it has not been told to allow) or was built for another
+ * Node: both are mended by building it again.
+ */
+const REBUILDABLE = new RegExp(
+  [
+    'Could not locate the bindings file',
+    'NODE_MODULE_VERSION',
+    'compiled against a different Node\\.js version',
+    'invalid ELF header',
+  ].join('|'),
+);
+
+/** Opens a database in a child; null if that works, else the error. */
+function probeSqlite() {
+  const r = spawnSync(
+    process.execPath,
+    ['-e', "new (require('better-sqlite3'))(':memory:').close()"],
+    { cwd: ROOT, encoding: 'utf8', stdio: 'pipe' },
+  );
+  if (r.status === 0) return null;
+  const text = `${r.stderr ?? ''}${r.error?.message ?? ''}`;
+  const line =
+    text.split('\n').find((l) => /^\w*Error\b/.test(l)) ??
+    text.trim().split('\n')[0] ??
+    `exit ${r.status}`;
+  // The paths it tried are this machine's: the message is enough.
+  return { text, line: line.replace(/\s*Tried:.*$/, '').trim() };
+}
+
+/** Runs a build quietly; null if it worked, else a line on why not. */
+function runQuiet(what, cmd, args, cwd) {
+  const r = spawnSync(cmd, args, {
+    cwd,
+    encoding: 'utf8',
+    stdio: 'pipe',
+    maxBuffer: 64 * 2 ** 20,
+  });
+  if (r.status === 0) return null;
+  if (r.error) return `${what} failed: ${r.error.code ?? r.error.message}`;
+  const last = `${r.stderr ?? ''}`
+    .split('\n')
+    .filter((l) => /ERR!|error/i.test(l) && !/complete log|\//.test(l))
+    .pop();
+  return (
+    `${what} failed (exit ${r.status ?? r.signal})` +
+    (last ? `: ${last.replace(/^npm error\s*/, '').trim()}` : '')
+  );
+}
+
+/**
+ * Makes better-sqlite3 usable if it can be: returns null when it is, else
+ * why the sqlite contender is skipped. Builds the binding from source
+ * once when it is missing; `npm rebuild` runs the package's install
+ * script, and node-gyp is called directly if npm still skipped it.
+ */
+function ensureSqlite() {
+  let failure = probeSqlite();
+  if (!failure) return null;
+  if (!REBUILDABLE.test(failure.text)) {
+    return `better-sqlite3 cannot be loaded: ${failure.line}`;
+  }
+  progress(
+    'building better-sqlite3 from source, once (about 2 minutes)',
+    true,
+  );
+  const npmCli = process.env.npm_execpath;
+  const npm =
+    npmCli && /\.[cm]?js$/.test(npmCli)
+      ? [process.execPath, [npmCli, 'rebuild', 'better-sqlite3']]
+      : ['npm', ['rebuild', 'better-sqlite3']];
+  let buildError = runQuiet(
+    'npm rebuild better-sqlite3',
+    npm[0],
+    npm[1],
+    ROOT,
+  );
+  failure = probeSqlite();
+  if (failure && !buildError) {
+    // npm said it rebuilt, yet ran no install script.
+    const gyp = path.join(
+      ROOT,
+      'node_modules',
+      'node-gyp',
+      'bin',
+      'node-gyp.js',
+    );
+    buildError = runQuiet(
+      'node-gyp rebuild in better-sqlite3',
+      process.execPath,
+      [gyp, 'rebuild', '--release'],
+      path.dirname(require.resolve('better-sqlite3/package.json')),
+    );
+    failure = probeSqlite();
+  }
+  if (!failure) {
+    progress('built better-sqlite3', true);
+    return null;
+  }
+  return (
+    `better-sqlite3 has no working binding (${failure.line})` +
+    (buildError ? `; building it failed: ${buildError}` : '')
+  );
+}
+
 function describeMachine(scratch) {
   let sqlite = null;
   let betterSqlite3 = null;
@@ -95,7 +236,7 @@ function describeMachine(scratch) {
     db.close();
     betterSqlite3 = require('better-sqlite3/package.json').version;
   } catch {
-    // Reported as missing; the sqlite cells then fail with the reason.
+    // Reported as missing; the sqlite cells are then skipped.
   }
   const typings = path.join(ROOT, 'dist', 'disk-storage.d.ts');
   const status = sh('git', ['status', '--porcelain', '--untracked-files=no']);
@@ -283,18 +424,164 @@ async function runCell(cell, ctx, label) {
   }
 }
 
+// --- prepared queues -------------------------------------------------------
+
+/**
+ * What the files of a prepared queue depend on: the bytes the library
+ * encodes for the bench message, how prepare.js lays them out and the
+ * SQLite schema. A queue whose stamp matches is reused as it is.
+ */
+function preparedStamp(bodyBytes) {
+  const { Envelope } = loadLibrary();
+  const { encodeEnvelope, encodeMeta, sizeOf } = loadFormat();
+  const id = '0'.repeat(32);
+  const env = makeEnvelope(Envelope, bodyBytes);
+  const bufs = encodeEnvelope(id, env);
+  const hash = createHash('sha256');
+  for (const b of bufs) hash.update(b);
+  hash.update(
+    encodeMeta({
+      id,
+      timestamp: 1764784800.25,
+      attempts: 0,
+      recipientCount: env.recipients.length,
+      delivered: [],
+      envSize: sizeOf(bufs),
+    }),
+  );
+  hash.update(fs.readFileSync(path.join(__dirname, 'prepare.js')));
+  hash.update(SCHEMA);
+  return hash.digest('hex').slice(0, 12);
+}
+
+/**
+ * The load() and get() queues are kept in <scratch>/prepared between runs
+ * (the cells only read them): writing them takes seconds, but removing
+ * their 200,000 files took minutes of every full run on a loaded disk.
+ * Queues of an older stamp, or left half-made by an interrupted run, are
+ * removed first.
+ */
 async function prepare(ctx, queues, needed) {
+  const root = path.join(ctx.scratchRoot, 'prepared');
+  fs.mkdirSync(root, { recursive: true });
   for (const [name, q] of Object.entries(queues)) {
     if (!needed.has(name)) continue;
-    const dir = path.join(ctx.scratch, `prepared-${name}`);
-    progress(`preparing ${q.count} messages for the ${name} cells`);
+    const prefix = `${name}-${q.count}-${q.bodyBytes}-`;
+    const dir = path.join(root, prefix + preparedStamp(q.bodyBytes));
+    for (const entry of fs.readdirSync(root)) {
+      const other = path.join(root, entry);
+      if (!entry.startsWith(prefix)) continue;
+      if (other === dir && fs.existsSync(path.join(dir, 'files.done'))) {
+        continue;
+      }
+      progress(`removing an outdated or unfinished prepared queue ${entry}`);
+      fs.rmSync(other, { recursive: true, force: true });
+    }
+    const parts = ['files', ...(ctx.sqliteSkipped ? [] : ['sqlite']), 'warm'];
+    const reused = fs.existsSync(path.join(dir, 'files.done'));
+    progress(
+      reused
+        ? `reusing the prepared ${name} queue (${q.count} messages)`
+        : `preparing ${q.count} messages for the ${name} cells`,
+    );
     await runChild(
       path.join(__dirname, 'prepare.js'),
-      [dir, String(q.count), String(q.bodyBytes)],
+      [dir, String(q.count), String(q.bodyBytes), parts.join(',')],
       `preparing ${name}`,
     );
     ctx.prepared[name] = dir;
   }
+}
+
+function cleanPrepared(scratchRoot) {
+  const root = path.join(scratchRoot, 'prepared');
+  const t0 = Date.now();
+  fs.rmSync(root, { recursive: true, force: true });
+  try {
+    fs.rmdirSync(scratchRoot);
+  } catch {
+    // Not empty, or not there.
+  }
+  process.stderr.write(
+    `bench: removed the prepared queues in ${((Date.now() - t0) / 1000)
+      .toFixed(1)} s\n`,
+  );
+}
+
+// --- repeats ----------------------------------------------------------------
+
+function median(values) {
+  const v = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+/**
+ * One row from the runs of a cell: msgs/s is the median over the runs
+ * that succeeded; every other figure is that of the median run (the
+ * lower middle one for an even count), so that a row is one real run.
+ * The 50 MiB cell, which has no rate, is ranked by its write() time.
+ */
+function combineRuns(runs) {
+  const ok = runs.filter((r) => r.ok);
+  const summary = runs.map((r) =>
+    r.ok
+      ? {
+          ok: true,
+          msgsPerSec: r.msgsPerSec,
+          seconds: r.seconds,
+          p50Ms: r.p50Ms,
+          p99Ms: r.p99Ms,
+          eldP99Ms: r.eldP99Ms,
+          cpuPer1kS: r.cpuPer1kS,
+          maxRssMb: r.maxRssMb,
+          ...(r.aboveBaselineMb != null
+            ? { aboveBaselineMb: r.aboveBaselineMb }
+            : {}),
+        }
+      : { ok: false, error: r.error },
+  );
+  const extra = {
+    repeats: runs.length,
+    failedRuns: runs.length - ok.length,
+    ...(runs.length > 1 ? { runs: summary } : {}),
+  };
+  if (ok.length === 0) return { ...runs[runs.length - 1], ...extra };
+  const speed = (r) => r.msgsPerSec ?? 1 / r.seconds;
+  const ranked = [...ok].sort((a, b) => speed(a) - speed(b));
+  const mid = ranked[Math.floor((ranked.length - 1) / 2)];
+  return {
+    ...mid,
+    msgsPerSec:
+      mid.msgsPerSec == null ? null : median(ok.map((r) => r.msgsPerSec)),
+    ...(ok.length > 1
+      ? {
+          msgsPerSecMin: ranked[0].msgsPerSec,
+          msgsPerSecMax: ranked[ranked.length - 1].msgsPerSec,
+        }
+      : {}),
+    ...extra,
+  };
+}
+
+/**
+ * The order cells run in: each workload's contenders one after another,
+ * and with --repeat, that round again, so that the contenders of a row
+ * meet the same spell of machine load as nearly as can be.
+ */
+function schedule(cells, repeat) {
+  const groups = new Map();
+  for (const cell of cells) {
+    if (!groups.has(cell.id)) groups.set(cell.id, []);
+    groups.get(cell.id).push(cell);
+  }
+  const order = [];
+  for (const group of groups.values()) {
+    for (let run = 1; run <= repeat; run++) {
+      for (const cell of group) order.push({ cell, run });
+    }
+  }
+  return order;
 }
 
 function writeResults(run) {
@@ -322,6 +609,10 @@ function removeScratch(scratch, scratchRoot) {
 
 async function main() {
   const scratchRoot = path.resolve(ROOT, opts.scratch);
+  if (opts.clean) {
+    cleanPrepared(scratchRoot);
+    return;
+  }
   fs.mkdirSync(scratchRoot, { recursive: true });
   // A directory of this run's own, so that nothing else is ever removed.
   const scratch = fs.mkdtempSync(path.join(scratchRoot, 'run-'));
@@ -336,6 +627,15 @@ async function main() {
     return;
   }
 
+  // Before anything loads better-sqlite3 in this process.
+  const needsSqlite = cells.some(
+    (c) => c.contender === 'sqlite' || c.prepared,
+  );
+  const sqliteSkipped = needsSqlite ? ensureSqlite() : null;
+  if (sqliteSkipped) {
+    progress(`sqlite contender skipped: ${sqliteSkipped}`, true);
+  }
+
   const machine = describeMachine(scratch);
   if (machine.filesystem === 'tmpfs') {
     process.stderr.write(
@@ -344,18 +644,36 @@ async function main() {
     );
   }
 
-  const ctx = { scratch, prepared: {}, ceiling: null };
-  const results = [];
+  const ctx = {
+    scratch,
+    scratchRoot,
+    prepared: {},
+    ceiling: null,
+    sqliteSkipped,
+  };
+  const runsOf = new Map(cells.map((c) => [c, []]));
+  const skipped = (c) => c.contender === 'sqlite' && sqliteSkipped;
+  for (const cell of cells.filter(skipped)) {
+    runsOf
+      .get(cell)
+      .push({ ...cell, ok: false, skipped: true, error: sqliteSkipped });
+  }
   try {
     if (cells.some((c) => c.contender === 'ceiling')) {
       ctx.ceiling = buildCeiling(scratch);
     }
     await prepare(ctx, queues, new Set(cells.map((c) => c.prepared)));
-    for (const [i, cell] of cells.entries()) {
-      const label = `[${i + 1}/${cells.length}] ${cell.id} ${cell.contender}`;
+    const order = schedule(
+      cells.filter((c) => !skipped(c)),
+      opts.repeat,
+    );
+    for (const [i, { cell, run }] of order.entries()) {
+      const label =
+        `[${i + 1}/${order.length}] ${cell.id} ${cell.contender}` +
+        (opts.repeat > 1 ? ` (run ${run}/${opts.repeat})` : '');
       progress(label);
       const r = await runCell(cell, ctx, label);
-      results.push(r);
+      runsOf.get(cell).push(r);
       progress(
         `${label}: ` +
           (r.ok
@@ -368,6 +686,7 @@ async function main() {
     progress('removing the scratch queues');
     removeScratch(scratch, scratchRoot);
   }
+  const results = cells.map((c) => combineRuns(runsOf.get(c)));
   progress(`done, ${results.length} cells`, true);
   machine.loadAverageAtEnd = os.loadavg()[0];
 
@@ -387,6 +706,8 @@ async function main() {
     '',
     table,
     '',
+    ...(sqliteSkipped ? [`- sqlite SKIPPED: ${sqliteSkipped}.`] : []),
+    ...(opts.repeat > 1 ? [repeatNote(opts.repeat)] : []),
     ...NOTES.map((n) => `- ${n}`),
     '',
     targetTable,
@@ -398,6 +719,8 @@ async function main() {
       date,
       command,
       quick: Boolean(opts.quick),
+      repeat: opts.repeat,
+      sqliteSkipped,
       machine,
       contenders: Object.fromEntries(
         Object.entries(CONTENDERS).map(([k, v]) => [k, v.title]),

@@ -116,6 +116,23 @@ for (const io of BACKENDS) {
         assert.deepEqual(back.recipients, ['rcpt1@example.com', 'rcpt2@example.com']);
       });
 
+      it('refuses a message over the 2 GiB maximum up front with ERR_QUEUE_TOO_LARGE', async function () {
+        const { Envelope, MAX_ENV_FILE_SIZE } = lib();
+        assert.equal(MAX_ENV_FILE_SIZE, 2 ** 31 - 1);
+        // allocUnsafe leaves the pages untouched: 2 GiB of address space,
+        // not of memory.
+        const body = Buffer.allocUnsafe(MAX_ENV_FILE_SIZE);
+        const env = Envelope.fromParts(Buffer.from('A: b\r\n\r\n'), body, {
+          sender: 'a@x',
+          recipients: ['b@y'],
+        });
+        const err = await rejects(store.write(env, 1));
+        assert.equal(err.code, 'ERR_QUEUE_TOO_LARGE');
+        assert.equal(err.retryable, false);
+        assert.deepEqual(listDir(dir('tmp')), []);
+        assert.deepEqual(listDir(dir('env')), []);
+      });
+
       it('works with envDir === metaDir', async function () {
         const { DiskStorage } = lib();
         const same = new DiskStorage(dir('q'), dir('q'), undefined, { io });

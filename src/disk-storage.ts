@@ -397,13 +397,15 @@ export class DiskStorage extends EventEmitter {
       this.checkWritable();
       await this.own();
       await this.serial(id, async () => {
-        // The meta goes first: without it load() no longer yields the
-        // message, so a crash half-way leaves an orphan env, never a
+        // The meta goes first, and its removal is made durable before the
+        // env goes: without the meta load() no longer yields the message,
+        // so a crash or power cut half-way leaves an orphan env, never a
         // message that points at a missing envelope.
         await this.runPlan([
           { op: 'unlink', path: this.metaPath(id), missingOk: true },
+          ...this.syncDirIfApart(this.metaDir),
           { op: 'unlink', path: this.envPath(id), missingOk: true },
-          ...this.syncDirs(),
+          { op: 'sync_dir', path: this.envDir },
         ]);
         debug('removed %s', id);
       });
@@ -537,9 +539,12 @@ export class DiskStorage extends EventEmitter {
 
   /**
    * A new message: both files are written and synced under tmp names,
-   * linked into place (never replacing anything), and only then are the
-   * directories synced, so that the new names survive a power cut. The env
-   * comes first, so a meta file always has its envelope.
+   * then linked into place (never replacing anything). The env name is
+   * made durable, by a sync of its directory, before the meta name even
+   * exists, so that after a crash or a power cut a meta file always has
+   * its envelope; the sync of the meta directory then makes the message
+   * durable. With one directory for both, one sync does, since a power cut
+   * keeps a prefix of a directory's changes.
    */
   private writePlan(id: string, envBufs: Buffer[], meta: Meta): Step[] {
     const envTmp = this.tmpPath(id, 'env');
@@ -548,8 +553,9 @@ export class DiskStorage extends EventEmitter {
       { op: 'write_tmp', path: envTmp, bufs: envBufs },
       { op: 'write_tmp', path: metaTmp, bufs: [encodeMeta(meta)] },
       { op: 'publish', from: envTmp, to: this.envPath(id) },
+      ...this.syncDirIfApart(this.envDir),
       { op: 'publish', from: metaTmp, to: this.metaPath(id) },
-      ...this.syncDirs(),
+      { op: 'sync_dir', path: this.metaDir },
     ];
   }
 
@@ -584,12 +590,14 @@ export class DiskStorage extends EventEmitter {
     });
   }
 
-  private syncDirs(): Step[] {
-    const steps: Step[] = [{ op: 'sync_dir', path: this.envDir }];
-    if (this.metaDir !== this.envDir) {
-      steps.push({ op: 'sync_dir', path: this.metaDir });
-    }
-    return steps;
+  /**
+   * A sync of `dir` between two changes that must reach the disk in order,
+   * needed only when envDir and metaDir differ: within one directory a
+   * power cut keeps a prefix of its changes, and the final sync covers
+   * both.
+   */
+  private syncDirIfApart(dir: string): Step[] {
+    return this.envDir === this.metaDir ? [] : [{ op: 'sync_dir', path: dir }];
   }
 
   /**

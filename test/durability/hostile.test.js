@@ -101,35 +101,34 @@ for (const [b, io] of BACKENDS.entries()) {
       totals.faultsInjected += calls;
     });
 
-    it('replaces a symlink planted at a meta file on update, never writing through it', async function () {
+    it('refuses to read through a symlink planted at a meta file, and never writes through it', async function () {
       const root = tmp();
       const outside = path.join(root, 'outside');
       fs.mkdirSync(outside);
       const store = openStore(path.join(root, 'q'), io);
       const id = await store.write(envelope(), 1);
       const metaPath = path.join(root, 'q', 'meta', `${id}.meta`);
-      // The target holds this message's own meta, so the update reads
-      // through the link and succeeds: only where it writes is at stake.
+      // Even a link to this message's own meta is not followed: reads
+      // open queue files with O_NOFOLLOW, so every update fails with
+      // ELOOP and nothing outside changes.
       fs.renameSync(metaPath, path.join(outside, 'target.meta'));
       fs.symlinkSync(path.join(outside, 'target.meta'), metaPath);
-      const before = snapshot(outside);
-      await store.setTimestamp(id, 42);
-      assert.deepEqual(snapshot(outside), before);
-      assert.ok(fs.lstatSync(metaPath).isFile(), 'the symlink is still there');
-      const { decodeMeta } = require('../../dist/format');
-      assert.equal(decodeMeta(fs.readFileSync(metaPath), id, metaPath).timestamp, 42);
-
-      // A link to a file that is not this message's meta: the update
-      // fails, and the target is still untouched.
       fs.writeFileSync(path.join(outside, 'other'), 'not a meta file');
-      fs.rmSync(metaPath);
-      fs.symlinkSync(path.join(outside, 'other'), metaPath);
       const before2 = snapshot(outside);
-      for (const call of [() => store.incrementAttempts(id), () => store.setRecipientsDelivered(id, [0])]) {
+      for (const call of [
+        () => store.setTimestamp(id, 42),
+        () => store.incrementAttempts(id),
+        () => store.setRecipientsDelivered(id, [0]),
+        () => store.get(id),
+      ]) {
         const err = await rejects(call());
-        assert.equal(err.code, 'ERR_QUEUE_CORRUPT');
+        assert.equal(err.code, 'ELOOP');
+        assert.equal(err.path, metaPath);
       }
       assert.deepEqual(snapshot(outside), before2);
+      assert.ok(fs.lstatSync(metaPath).isSymbolicLink(), 'the symlink was replaced');
+      fs.rmSync(metaPath);
+      fs.symlinkSync(path.join(outside, 'other'), metaPath);
 
       // remove() unlinks the link, not what it points to.
       fs.symlinkSync(path.join(outside, 'other'), path.join(root, 'q', 'env', `${'e'.repeat(32)}.env`));

@@ -3,6 +3,10 @@
 // one trip through the pool, not four per file, and holds at most one
 // thread: one slot of the batch's gate. A path that fails carries its
 // own error; the others go on.
+//
+// A scan batch does for each message id what load() asks of it: reads
+// <dir>/<id>.meta whole and lstats <env_dir>/<id>.env, both by name
+// relative to a descriptor of their directory opened once per batch.
 
 #ifndef SLIMTA_FS_BATCH_H
 #define SLIMTA_FS_BATCH_H
@@ -22,22 +26,28 @@
 enum fs_batch_op {
   FS_BATCH_READ,
   FS_BATCH_LSTAT,
+  FS_BATCH_SCAN_META,
 };
 
 struct fs_batch_file {
+  // read, lstat: the path. scan: the message id.
   std::string path;
 
   // read: the contents, from malloc(); whoever takes them sets data to
-  // null.
+  // null. scan: where the meta file's bytes end in the batch's arena
+  // (they start where the previous file's end).
   char* data = nullptr;
   size_t len = 0;
 
-  // lstat: the size, and the status change time in milliseconds.
+  // lstat, scan (of the env file): the size, and the status change time
+  // in milliseconds.
   uint64_t size = 0;
   double ctime_ms = 0;
 
-  // error is 0 when the fields above are filled in.
+  // error is 0 when the fields above are filled in. scan: result is the
+  // meta file's read, env_result the env file's lstat.
   fs_result result;
+  fs_result env_result;
 };
 
 struct fs_batch_t;
@@ -49,6 +59,15 @@ struct fs_batch_t {
   fs_batch_op op = FS_BATCH_READ;
   std::vector<fs_batch_file> files;
   void* data = nullptr;
+
+  // scan: the meta and the env directory.
+  std::string dir;
+  std::string env_dir;
+
+  // scan: every meta file read, back to back, from malloc().
+  char* arena = nullptr;
+  size_t arena_len = 0;
+  size_t arena_cap = 0;
 
   // The gate the job passes; the caller holds it until cb has run.
   fs_gate_t* gate = nullptr;

@@ -2,11 +2,14 @@ import { constants } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
+import * as path from 'node:path';
+import { ID_PATTERN } from './format';
 import { Limiter, defaultMaxInFlight } from './limiter';
 import type {
   Backend,
   BackendOptions,
   FileStat,
+  MetaScan,
   Step,
   WriteTmpStep,
 } from './plan';
@@ -125,6 +128,28 @@ export class JsBackend implements Backend {
       }
     }
     return stats;
+  }
+
+  // The reads and the lstats run side by side, each in turn through
+  // the gate, as two batches of the native backend would.
+  async scanMeta(
+    metaDir: string,
+    envDir: string,
+    ids: string[],
+  ): Promise<MetaScan> {
+    checkPath(metaDir, 'metaDir');
+    checkPath(envDir, 'envDir');
+    if (!Array.isArray(ids)) invalid('ids must be an array');
+    for (const id of ids) {
+      if (typeof id !== 'string' || !ID_PATTERN.test(id)) {
+        invalid('an id must be 32 lowercase hex digits');
+      }
+    }
+    const [metas, envStats] = await Promise.all([
+      this.readFiles(ids.map((id) => path.join(metaDir, `${id}.meta`))),
+      this.statFiles(ids.map((id) => path.join(envDir, `${id}.env`))),
+    ]);
+    return { metas, envStats };
   }
 
   /**

@@ -1,6 +1,12 @@
 import * as path from 'node:path';
 import { defaultMaxInFlight } from './limiter';
-import type { Backend, BackendOptions, FileStat, Step } from './plan';
+import type {
+  Backend,
+  BackendOptions,
+  FileStat,
+  MetaScan,
+  Step,
+} from './plan';
 
 /**
  * A gate of the addon: every request of the calls given it waits for one
@@ -21,6 +27,20 @@ export interface RawBinding {
     gate: RawGate,
     paths: string[],
   ): Promise<(FileStat | NodeJS.ErrnoException)[]>;
+  /**
+   * scanMeta() in a few values per batch: every meta file's bytes back
+   * to back; per id, where its bytes end, its env file's size and ctime
+   * in ms; null, or the meta error of id i at 2i and its env error at
+   * 2i + 1.
+   */
+  scan_meta(
+    gate: RawGate,
+    metaDir: string,
+    envDir: string,
+    ids: string[],
+  ): Promise<
+    [Buffer, Float64Array, (NodeJS.ErrnoException | undefined)[] | null]
+  >;
   /**
    * The shared directory sync alone; resolves with the generation of the
    * last fsync submitted when called and of the one that covered it.
@@ -69,6 +89,34 @@ export class NativeBackend implements Backend {
     paths: string[],
   ): Promise<(FileStat | NodeJS.ErrnoException)[]> {
     return this.raw.stat_files(this.gate, paths);
+  }
+
+  // Each meta file is a view of the batch's one Buffer: a scan of a
+  // million makes a million views but only one backing store per batch.
+  async scanMeta(
+    metaDir: string,
+    envDir: string,
+    ids: string[],
+  ): Promise<MetaScan> {
+    const [bytes, info, errors] = await this.raw.scan_meta(
+      this.gate,
+      metaDir,
+      envDir,
+      ids,
+    );
+    const metas: MetaScan['metas'] = new Array(ids.length);
+    const envStats: MetaScan['envStats'] = new Array(ids.length);
+    let start = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const end = info[3 * i];
+      metas[i] = errors?.[2 * i] ?? bytes.subarray(start, end);
+      envStats[i] = errors?.[2 * i + 1] ?? {
+        size: info[3 * i + 1],
+        ctimeMs: info[3 * i + 2],
+      };
+      start = end;
+    }
+    return { metas, envStats };
   }
 }
 

@@ -59,6 +59,15 @@ export interface FileStat {
   ctimeMs: number;
 }
 
+/**
+ * What scanMeta() found, one entry per id and in their order: the meta
+ * file's bytes and the env file's lstat, each or the error it gave.
+ */
+export interface MetaScan {
+  metas: (Buffer | NodeJS.ErrnoException)[];
+  envStats: (FileStat | NodeJS.ErrnoException)[];
+}
+
 /** Options common to both backends. */
 export interface BackendOptions {
   /**
@@ -92,4 +101,10 @@ export interface Backend {
   readFiles(paths: string[]): Promise<(Buffer | NodeJS.ErrnoException)[]>;
   /** lstat files; a missing file gives its error in place. */
   statFiles(paths: string[]): Promise<(FileStat | NodeJS.ErrnoException)[]>;
+  /**
+   * For each message id (32 lowercase hex digits): read
+   * `<metaDir>/<id>.meta` whole, as readFiles() does, and lstat
+   * `<envDir>/<id>.env`. Errors come in place, named by whole path.
+   */
+  scanMeta(metaDir: string, envDir: string, ids: string[]): Promise<MetaScan>;
 }

@@ -3,7 +3,7 @@
 // first: npx node-gyp rebuild && npx tsc -p .
 
 const assert = require('node:assert/strict');
-const { spawnSync } = require('node:child_process');
+const { execFileSync, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const { Worker } = require('node:worker_threads');
@@ -542,6 +542,64 @@ describe('Backend errors (native and js alike)', () => {
     const s = await bothFail((d) => ({ read: [d] }));
     expectShape(s, 'EISDIR', 'read');
     assert.equal(s.path, undefined);
+  });
+
+  it('scans meta and env files alike, each error named by its path', async () => {
+    const ids = ['a', 'b', 'c', 'd', 'e', 'f'].map((c) => c.repeat(32));
+    const scans = {};
+    for (const name of BACKENDS) {
+      const d = path.join(dir(), name);
+      const meta = path.join(d, 'meta');
+      const env = path.join(d, 'env');
+      fs.mkdirSync(meta, { recursive: true });
+      fs.mkdirSync(env);
+      const [whole, noEnv, noMeta, isDir, fifo, link] = ids;
+      fs.writeFileSync(`${meta}/${whole}.meta`, 'meta of a');
+      fs.writeFileSync(`${env}/${whole}.env`, 'envelope');
+      fs.writeFileSync(`${meta}/${noEnv}.meta`, '');
+      fs.writeFileSync(`${env}/${noMeta}.env`, 'x');
+      fs.mkdirSync(`${meta}/${isDir}.meta`);
+      execFileSync('mkfifo', [`${meta}/${fifo}.meta`]);
+      fs.symlinkSync(`${meta}/${whole}.meta`, `${meta}/${link}.meta`);
+
+      const backend = backendNamed(name);
+      const { metas, envStats } = await backend.scanMeta(meta, env, ids);
+      const gone = await backend.scanMeta(`${d}/none`, `${d}/none`, [whole]);
+      scans[name] = {
+        metas: [...metas, ...gone.metas].map((m) =>
+          Buffer.isBuffer(m) ? m.toString() : shape(m, d),
+        ),
+        envSizes: [...envStats, ...gone.envStats].map((st) =>
+          st instanceof Error ? shape(st, d) : st.size,
+        ),
+      };
+      assert.equal(typeof envStats[0].ctimeMs, 'number');
+      assert.ok(Math.abs(envStats[0].ctimeMs - Date.now()) < 60000);
+      await assert.rejects(backend.scanMeta(meta, env, ['../x']), {
+        code: 'ERR_INVALID_ARG_VALUE',
+      });
+    }
+    assert.deepEqual(scans.native, scans.js);
+
+    const { metas, envSizes } = scans.js;
+    assert.deepEqual(metas.slice(0, 2), ['meta of a', '']);
+    assert.deepEqual(
+      metas.slice(2).map((m) => [m.code, m.syscall]),
+      [
+        ['ENOENT', 'open'],
+        ['EISDIR', 'read'],
+        ['EINVAL', 'read'],
+        ['ELOOP', 'open'],
+        ['ENOENT', 'open'],
+      ],
+    );
+    assert.equal(metas[2].path, `meta/${ids[2]}.meta`);
+    assert.equal(metas[6].path, `none/${ids[0]}.meta`);
+    assert.equal(envSizes[0], 8);
+    assert.equal(envSizes[1].code, 'ENOENT');
+    assert.equal(envSizes[1].syscall, 'lstat');
+    assert.equal(envSizes[1].path, `env/${ids[1]}.env`);
+    assert.equal(envSizes[2], 1);
   });
 
   it('gives EACCES from open to a user without permission', function () {

@@ -50,6 +50,11 @@ struct Job {
   napi_deferred deferred = nullptr;
   napi_async_context context = nullptr;
 
+  // The object given to napi_async_init, kept so that the callback
+  // scope that settles the promise names the same resource to
+  // async_hooks.
+  napi_ref resource = nullptr;
+
   // The Buffers written from. Referenced, not copied: the chain's
   // uv_buf_t point into their memory, so it must outlive the last
   // request of the plan, even when JavaScript drops every Buffer.
@@ -75,6 +80,17 @@ struct SyncDirJob : Job {
   void Stop() override {}
 };
 
+// Lets teardown go on. Removing the hook may drop the environment's
+// last reference and free the Addon, so the handle is cleared before,
+// never after.
+void RemoveHook(Addon* addon) {
+  napi_async_cleanup_hook_handle hook = addon->hook;
+  if (hook == nullptr) return;
+
+  addon->hook = nullptr;
+  napi_remove_async_cleanup_hook(hook);
+}
+
 // Runs only once every request of the job has ended. Deleting a
 // reference or an async context calls no JavaScript, so this is safe
 // during teardown too.
@@ -82,14 +98,14 @@ Job::~Job() {
   napi_env env = addon->env;
   for (napi_ref ref : refs) napi_delete_reference(env, ref);
   if (context != nullptr) napi_async_destroy(env, context);
+  if (resource != nullptr) napi_delete_reference(env, resource);
+
+  // The gate goes first: removing the hook may end the environment and
+  // free the Addon, after which nothing of it may be touched.
+  if (gate != nullptr) fs_gate_let_go(&gate->gate);
 
   addon->jobs.erase(this);
-  if (addon->tearing_down && addon->jobs.empty() && addon->hook) {
-    napi_remove_async_cleanup_hook(addon->hook);
-    addon->hook = nullptr;
-  }
-
-  if (gate != nullptr) fs_gate_let_go(&gate->gate);
+  if (addon->tearing_down && addon->jobs.empty()) RemoveHook(addon);
 }
 
 // The environment is going away. Its chains finish the request in
@@ -100,11 +116,7 @@ void OnTeardown(napi_async_cleanup_hook_handle hook, void* arg) {
   Addon* addon = static_cast<Addon*>(arg);
   addon->tearing_down = true;
   addon->hook = hook;
-  if (addon->jobs.empty()) {
-    napi_remove_async_cleanup_hook(hook);
-    addon->hook = nullptr;
-    return;
-  }
+  if (addon->jobs.empty()) return RemoveHook(addon);
 
   for (Job* job : addon->jobs) job->Stop();
 }
@@ -117,10 +129,16 @@ void SetProperty(napi_env env, napi_value obj, const char* key,
 }
 
 // An Error shaped like Node's fs errors: the same message, and code,
-// errno, syscall, path and dest properties.
+// errno, syscall, path and dest properties. The _r forms write into the
+// buffers given: the plain ones allocate, and never free, a string for
+// each errno libuv has no name for. errors.ts names those from errno.
 napi_value MakeFsError(napi_env env, const fs_result& r) {
-  std::string code = uv_err_name(r.error);
-  std::string message = code + ": " + uv_strerror(r.error);
+  char name[64];
+  char text[256];
+  uv_err_name_r(r.error, name, sizeof name);
+  uv_strerror_r(r.error, text, sizeof text);
+  std::string code = name;
+  std::string message = code + ": " + text;
   if (r.syscall != nullptr) message += std::string(", ") + r.syscall;
   if (!r.path.empty()) message += " '" + r.path + "'";
   if (!r.dest.empty()) message += " -> '" + r.dest + "'";
@@ -189,10 +207,11 @@ void Settle(Job* job, Make make) {
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
 
-  napi_value resource;
+  napi_value resource = nullptr;
   napi_callback_scope callback_scope;
-  napi_create_object(env, &resource);
-  bool in_scope = napi_open_callback_scope(env, resource, job->context,
+  napi_get_reference_value(env, job->resource, &resource);
+  bool in_scope = resource != nullptr &&
+                  napi_open_callback_scope(env, resource, job->context,
                                            &callback_scope) == napi_ok;
 
   bool ok = true;
@@ -436,7 +455,9 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
 }
 
 // Creates the promise and the async context, and registers the job so
-// teardown can find it. Returns null with an exception pending.
+// teardown can find it. Returns null with an exception pending: these
+// calls can fail without setting one, and returning nothing then would
+// look like success to JavaScript, so an Error is thrown in its place.
 napi_value Begin(Napi::Env env, Job* job, const char* name) {
   Addon* addon = job->addon;
   napi_value promise;
@@ -444,10 +465,17 @@ napi_value Begin(Napi::Env env, Job* job, const char* name) {
   napi_value resource_name;
   if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
       napi_create_object(env, &resource) != napi_ok ||
+      napi_create_reference(env, resource, 1, &job->resource) != napi_ok ||
       napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH,
                               &resource_name) != napi_ok ||
       napi_async_init(env, resource, resource_name, &job->context) !=
           napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) {
+      std::string message = std::string(name) + ": could not start";
+      napi_throw_error(env, nullptr, message.c_str());
+    }
     return nullptr;
   }
 

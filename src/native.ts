@@ -48,6 +48,14 @@ export interface RawBinding {
   sync_dir(gate: RawGate, path: string): Promise<[number, number]>;
 }
 
+// The addon returns a Promise, or throws. Anything else would let a
+// caller take a write that never happened for done, so it becomes an
+// error here as well.
+function started<T>(value: Promise<T>, call: string): Promise<T> {
+  if (value instanceof Promise) return value;
+  return Promise.reject(new Error(`${call}() did not return a Promise`));
+}
+
 let binding: RawBinding | null = null;
 let loadError: Error | null = null;
 
@@ -76,19 +84,22 @@ export class NativeBackend implements Backend {
   }
 
   async run(steps: Step[]): Promise<void> {
-    return this.raw.run_plan(this.gate, steps, this.groupCommit);
+    return started(
+      this.raw.run_plan(this.gate, steps, this.groupCommit),
+      'run_plan',
+    );
   }
 
   async readFiles(
     paths: string[],
   ): Promise<(Buffer | NodeJS.ErrnoException)[]> {
-    return this.raw.read_files(this.gate, paths);
+    return started(this.raw.read_files(this.gate, paths), 'read_files');
   }
 
   async statFiles(
     paths: string[],
   ): Promise<(FileStat | NodeJS.ErrnoException)[]> {
-    return this.raw.stat_files(this.gate, paths);
+    return started(this.raw.stat_files(this.gate, paths), 'stat_files');
   }
 
   // Each meta file is a view of the batch's one Buffer: a scan of a
@@ -98,11 +109,9 @@ export class NativeBackend implements Backend {
     envDir: string,
     ids: string[],
   ): Promise<MetaScan> {
-    const [bytes, info, errors] = await this.raw.scan_meta(
-      this.gate,
-      metaDir,
-      envDir,
-      ids,
+    const [bytes, info, errors] = await started(
+      this.raw.scan_meta(this.gate, metaDir, envDir, ids),
+      'scan_meta',
     );
     const metas: MetaScan['metas'] = new Array(ids.length);
     const envStats: MetaScan['envStats'] = new Array(ids.length);

@@ -636,3 +636,27 @@ describe('Backend errors (native and js alike)', () => {
     assert.equal(out.native.read.syscall, 'open');
   });
 });
+
+describe('NativeBackend when the addon returns no Promise', () => {
+  const { NativeBackend } = require('../dist/native.js');
+  const raw = {
+    create_gate: () => ({}),
+    run_plan: () => undefined,
+    read_files: () => undefined,
+    stat_files: () => undefined,
+    scan_meta: () => undefined,
+  };
+  const backend = new NativeBackend(raw);
+
+  for (const [method, args] of [
+    ['run', [[]]],
+    ['readFiles', [[]]],
+    ['statFiles', [[]]],
+    ['scanMeta', ['meta', 'env', []]],
+  ]) {
+    it(`rejects ${method}() rather than resolve`, async () => {
+      const err = await rejection(backend[method](...args));
+      assert.match(err.message, /did not return a Promise/);
+    });
+  }
+});

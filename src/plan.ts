@@ -9,7 +9,10 @@
  * ignored because the original error is the one the caller must see.
  */
 
-/** Create `path` (O_EXCL, O_NOFOLLOW, 0600), write every buffer, sync, close. */
+/**
+ * Create `path` (O_EXCL, O_NOFOLLOW, 0600), write every buffer, sync,
+ * close.
+ */
 export interface WriteTmpStep {
   op: 'write_tmp';
   path: string;

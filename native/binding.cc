@@ -576,7 +576,8 @@ Napi::Value RunPlan(const Napi::CallbackInfo& info) {
   napi_value promise = Begin(env, job.get(), "slimta:run_plan");
   if (promise == nullptr) return Napi::Value();
 
-  if (info[2].ToBoolean().Value()) job->chain.group = &job->gate->syncs;
+  job->chain.group = &job->gate->syncs;
+  job->chain.group_commit = info[2].ToBoolean().Value();
 
   PlanJob* running = job.release();
   fs_chain_start(LoopOf(env), &running->chain, OnPlanDone);

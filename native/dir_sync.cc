@@ -19,6 +19,10 @@ struct dir_syncer {
   dir_sync_group_t* group = nullptr;
   std::string path;
 
+  // Entered in the group's `running`, for others to join; false for a
+  // sync of dir_sync_alone().
+  bool shared = true;
+
   uv_fs_t req;
   fs_gate_turn turn;
   uv_file fd = -1;
@@ -80,7 +84,7 @@ void finish(dir_syncer* s) {
   uint64_t generation = s->generation;
 
   if (s->next.empty()) {
-    s->group->running.erase(s->path);
+    if (s->shared) s->group->running.erase(s->path);
     delete s;
   } else {
     s->current.swap(s->next);
@@ -179,13 +183,31 @@ void start_sync(dir_syncer* s) {
   fs_gate_enter(s->group->gate, &s->turn, open_now);
 }
 
-}  // namespace
-
-void dir_sync_request(dir_sync_group_t* group, const std::string& path,
-                      dir_sync_wait* wait, dir_sync_cb cb) {
+// Every wait starts here: it counts only fsyncs submitted from now on.
+void begin_wait(dir_sync_group_t* group, dir_sync_wait* wait,
+                dir_sync_cb cb) {
   wait->cb = cb;
   wait->after = group->started;
   wait->result = fs_result();
+}
+
+}  // namespace
+
+void dir_sync_alone(dir_sync_group_t* group, const std::string& path,
+                    dir_sync_wait* wait, dir_sync_cb cb) {
+  begin_wait(group, wait, cb);
+
+  dir_syncer* s = new dir_syncer();
+  s->group = group;
+  s->path = path;
+  s->shared = false;
+  s->current.push_back(wait);
+  start_sync(s);
+}
+
+void dir_sync_request(dir_sync_group_t* group, const std::string& path,
+                      dir_sync_wait* wait, dir_sync_cb cb) {
+  begin_wait(group, wait, cb);
 
   auto it = group->running.find(path);
   if (it != group->running.end()) {

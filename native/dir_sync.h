@@ -61,4 +61,9 @@ struct dir_sync_wait {
 void dir_sync_request(dir_sync_group_t* group, const std::string& path,
                       dir_sync_wait* wait, dir_sync_cb cb);
 
+// The same, but a sync of its own that no other caller joins or waits
+// for: one open, fsync and close per call, through the group's gate.
+void dir_sync_alone(dir_sync_group_t* group, const std::string& path,
+                    dir_sync_wait* wait, dir_sync_cb cb);
+
 #endif

@@ -23,12 +23,28 @@ constexpr int kCloexec = 0;
 constexpr int kTmpFlags = UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL |
                           UV_FS_O_NOFOLLOW | kCloexec;
 
-constexpr int kDirFlags = UV_FS_O_RDONLY | UV_FS_O_DIRECTORY | kCloexec;
-
+// The steps, in the order a plan runs them; each request's callback
+// starts the next request.
 void run_step(fs_chain_t* c);
+void open_tmp(fs_chain_t* c);
 void write_some(fs_chain_t* c);
+void write_now(fs_chain_t* c);
+void datasync(fs_chain_t* c);
+void close_tmp(fs_chain_t* c);
+void publish(fs_chain_t* c);
+void unlink_published_tmp(fs_chain_t* c);
+void replace(fs_chain_t* c);
+void unlink_step(fs_chain_t* c);
+void sync_dir(fs_chain_t* c);
+void next_step(fs_chain_t* c);
+
+// The way out: on failure, close and undo; then report.
 void fail(fs_chain_t* c, int err, const char* syscall,
           const std::string* path, const std::string* dest = nullptr);
+void close_after_failure(fs_chain_t* c);
+void start_undo(fs_chain_t* c);
+void undo_next(fs_chain_t* c);
+void done(fs_chain_t* c);
 
 uv_fs_t* req_of(fs_chain_t* c) {
   c->req.data = c;
@@ -94,10 +110,21 @@ void forget_tmp(fs_chain_t* c, const std::string& name) {
   names.erase(std::remove(names.begin(), names.end(), name), names.end());
 }
 
-// The end, on success or after undo: report once. The callback may free
-// the chain, so nothing touches it afterwards.
-void done(fs_chain_t* c) {
-  c->cb(c);
+void run_step(fs_chain_t* c) {
+  if (c->step == c->steps.size()) return done(c);
+
+  switch (current(c).op) {
+    case FS_CHAIN_WRITE_TMP:
+      return in_turn(c, open_tmp);
+    case FS_CHAIN_PUBLISH:
+      return in_turn(c, publish);
+    case FS_CHAIN_REPLACE:
+      return in_turn(c, replace);
+    case FS_CHAIN_UNLINK:
+      return in_turn(c, unlink_step);
+    case FS_CHAIN_SYNC_DIR:
+      return sync_dir(c);
+  }
 }
 
 // A stop after the last step changes nothing: the plan is complete.
@@ -107,106 +134,44 @@ void next_step(fs_chain_t* c) {
   if (go_on(c)) run_step(c);
 }
 
-// Undo, 2: unlink what the plan made. The operation is reported as
-// failed, so nothing of it may stay: tmp files still under their tmp
-// name, and names it published. Errors are ignored; undo is best effort
-// and the first error is the one the caller must see.
-void undo_next(fs_chain_t* c);
-
-void on_undo(uv_fs_t* req) {
+// write_tmp, 1: create the tmp file. O_EXCL makes a leftover or planted
+// file an error instead of something to write through, and O_NOFOLLOW
+// keeps a symlink at the name from sending the body elsewhere.
+void on_open_tmp(uv_fs_t* req) {
   fs_chain_t* c = chain_of(req);
-  end_req(req);
-  c->undo.pop_back();
-  undo_next(c);
-}
-
-void unlink_undo(fs_chain_t* c) {
-  const char* name = c->undo.back().c_str();
-  int r = uv_fs_unlink(c->loop, req_of(c), name, on_undo);
-  if (r == 0) return;
-
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
-  c->undo.pop_back();
-  undo_next(c);
-}
-
-void undo_next(fs_chain_t* c) {
-  if (c->undo.empty()) return done(c);
-
-  in_turn(c, unlink_undo);
-}
-
-void start_undo(fs_chain_t* c) {
-  c->undo = c->tmp_names;
-  c->undo.insert(c->undo.end(), c->published.begin(), c->published.end());
-  c->tmp_names.clear();
-  c->published.clear();
-  undo_next(c);
-}
-
-// Undo, 1: close the file the failed step left open. Its error is
-// ignored; the fd is released either way.
-void on_close_after_failure(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  end_req(req);
-  start_undo(c);
-}
-
-void close_after_failure(fs_chain_t* c) {
-  uv_file fd = c->fd;
-  c->fd = -1;
-  int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
-  if (r == 0) return;
-
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
-  start_undo(c);
-}
-
-void fail(fs_chain_t* c, int err, const char* syscall,
-          const std::string* path, const std::string* dest) {
-  c->failed = true;
-  c->result.error = err;
-  c->result.syscall = syscall;
-  if (path != nullptr) c->result.path = *path;
-  if (dest != nullptr) c->result.dest = *dest;
-
-  if (c->fd < 0) return start_undo(c);
-
-  in_turn(c, close_after_failure);
-}
-
-// write_tmp, 4: close. A failed close still releases the fd, so it is
-// never closed twice.
-void on_close_tmp(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
   ssize_t r = end_req(req);
-  c->fd = -1;
-  if (r < 0) return fail(c, r, "close", nullptr);
+  if (r < 0) return fail(c, r, "open", &s.path);
 
-  next_step(c);
+  c->fd = static_cast<uv_file>(r);
+  c->tmp_names.push_back(s.path);
+  c->buf_index = 0;
+  c->buf_offset = 0;
+  c->file_offset = 0;
+  if (go_on(c)) write_some(c);
 }
 
-void close_tmp(fs_chain_t* c) {
-  int r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_tmp);
-  if (r < 0) not_queued(c, r, "close", nullptr);
+void open_tmp(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kTmpFlags, 0600,
+                     on_open_tmp);
+  if (r < 0) not_queued(c, r, "open", &s.path);
 }
 
-// write_tmp, 3: flush the body to the disk before any name points at
-// it, so a crash after the publish can never expose a short file.
-// fdatasync covers the size too; the name is made durable later by the
-// sync_dir step.
-void on_datasync(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "fdatasync", nullptr);
-  if (go_on(c)) in_turn(c, close_tmp);
-}
+// write_tmp, 2: write the body. A call may take fewer bytes than it was
+// offered, so each call starts where the last one stopped, and no call
+// carries 1 GiB or more. The bytes are the caller's own memory, which
+// it keeps alive until the chain reports.
+void write_some(fs_chain_t* c) {
+  const std::vector<uv_buf_t>& bufs = current(c).bufs;
+  while (c->buf_index < bufs.size() &&
+         c->buf_offset == bufs[c->buf_index].len) {
+    c->buf_index++;
+    c->buf_offset = 0;
+  }
+  if (c->buf_index == bufs.size()) return in_turn(c, datasync);
 
-void datasync(fs_chain_t* c) {
-  int r = uv_fs_fdatasync(c->loop, req_of(c), c->fd, on_datasync);
-  if (r < 0) not_queued(c, r, "fdatasync", nullptr);
+  in_turn(c, write_now);
 }
 
 // Moves the write position past n bytes written.
@@ -238,10 +203,6 @@ void on_write(uv_fs_t* req) {
   if (go_on(c)) write_some(c);
 }
 
-// write_tmp, 2: write the body. A call may take fewer bytes than it was
-// offered, so each call starts where the last one stopped, and no call
-// carries 1 GiB or more. The bytes are the caller's own memory, which
-// it keeps alive until the chain reports.
 void write_now(fs_chain_t* c) {
   const std::vector<uv_buf_t>& bufs = current(c).bufs;
   c->iov.clear();
@@ -264,58 +225,36 @@ void write_now(fs_chain_t* c) {
   if (r < 0) not_queued(c, r, "write", nullptr);
 }
 
-void write_some(fs_chain_t* c) {
-  const std::vector<uv_buf_t>& bufs = current(c).bufs;
-  while (c->buf_index < bufs.size() &&
-         c->buf_offset == bufs[c->buf_index].len) {
-    c->buf_index++;
-    c->buf_offset = 0;
-  }
-  if (c->buf_index == bufs.size()) return in_turn(c, datasync);
-
-  in_turn(c, write_now);
-}
-
-// write_tmp, 1: create the tmp file. O_EXCL makes a leftover or planted
-// file an error instead of something to write through, and O_NOFOLLOW
-// keeps a symlink at the name from sending the body elsewhere.
-void on_open_tmp(uv_fs_t* req) {
+// write_tmp, 3: flush the body to the disk before any name points at
+// it, so a crash after the publish can never expose a short file.
+// fdatasync covers the size too; the name is made durable later by the
+// sync_dir step.
+void on_datasync(uv_fs_t* req) {
   fs_chain_t* c = chain_of(req);
-  fs_chain_step& s = current(c);
   ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "open", &s.path);
-
-  c->fd = static_cast<uv_file>(r);
-  c->tmp_names.push_back(s.path);
-  c->buf_index = 0;
-  c->buf_offset = 0;
-  c->file_offset = 0;
-  if (go_on(c)) write_some(c);
+  if (r < 0) return fail(c, r, "fdatasync", nullptr);
+  if (go_on(c)) in_turn(c, close_tmp);
 }
 
-void open_tmp(fs_chain_t* c) {
-  fs_chain_step& s = current(c);
-  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kTmpFlags, 0600,
-                     on_open_tmp);
-  if (r < 0) not_queued(c, r, "open", &s.path);
+void datasync(fs_chain_t* c) {
+  int r = uv_fs_fdatasync(c->loop, req_of(c), c->fd, on_datasync);
+  if (r < 0) not_queued(c, r, "fdatasync", nullptr);
 }
 
-// publish, 2: drop the tmp name; the file lives on under the new one.
-void on_publish_unlink(uv_fs_t* req) {
+// write_tmp, 4: close. A failed close still releases the fd, so it is
+// never closed twice.
+void on_close_tmp(uv_fs_t* req) {
   fs_chain_t* c = chain_of(req);
-  fs_chain_step& s = current(c);
   ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "unlink", &s.path);
+  c->fd = -1;
+  if (r < 0) return fail(c, r, "close", nullptr);
 
-  forget_tmp(c, s.path);
   next_step(c);
 }
 
-void unlink_published_tmp(fs_chain_t* c) {
-  fs_chain_step& s = current(c);
-  int r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(),
-                       on_publish_unlink);
-  if (r < 0) not_queued(c, r, "unlink", &s.path);
+void close_tmp(fs_chain_t* c) {
+  int r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_tmp);
+  if (r < 0) not_queued(c, r, "close", nullptr);
 }
 
 // publish, 1: link the file under its final name. Unlike rename, link
@@ -336,6 +275,24 @@ void publish(fs_chain_t* c) {
   int r = uv_fs_link(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
                      on_publish_link);
   if (r < 0) not_queued(c, r, "link", &s.path, &s.dest);
+}
+
+// publish, 2: drop the tmp name; the file lives on under the new one.
+void on_publish_unlink(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  fs_chain_step& s = current(c);
+  ssize_t r = end_req(req);
+  if (r < 0) return fail(c, r, "unlink", &s.path);
+
+  forget_tmp(c, s.path);
+  next_step(c);
+}
+
+void unlink_published_tmp(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(),
+                       on_publish_unlink);
+  if (r < 0) not_queued(c, r, "unlink", &s.path);
 }
 
 // replace: rename swaps the name over in one go; a reader sees the old
@@ -376,60 +333,17 @@ void unlink_step(fs_chain_t* c) {
   if (r < 0) not_queued(c, r, "unlink", &s.path);
 }
 
-// sync_dir, 3: close the directory.
-void on_close_dir(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t r = end_req(req);
-  c->fd = -1;
-  if (r < 0) return fail(c, r, "close", nullptr);
-
-  next_step(c);
-}
-
-// sync_dir, 2: fsync the directory. A name created, removed or renamed
-// is durable only once its directory is synced, which is why this step
-// comes after the link or rename it covers: before, a crash could lose
-// a publish whose file data was already safe.
-void close_dir(fs_chain_t* c) {
-  int r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_dir);
-  if (r < 0) not_queued(c, r, "close", nullptr);
-}
-
-void on_fsync_dir(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "fsync", nullptr);
-  if (go_on(c)) in_turn(c, close_dir);
-}
-
-// sync_dir, 1: open the directory read-only; that is all fsync needs.
+// sync_dir: wait for an fsync of the directory that starts after this
+// point, which every link and rename of the plan precedes. A name
+// created, removed or renamed is durable only once its directory is
+// synced, so before it a crash could lose a publish whose file data
+// was already safe. The open, fsync and close are dir_sync's, shared
+// with other chains under group commit, else one sync per step.
+// Waiting holds no slot of the gate: the sync takes one for everyone
+// it covers.
 // TODO: Windows cannot open or fsync a directory; this step fails there
 // until a platform file decides what sync_dir means on it.
-void fsync_dir(fs_chain_t* c) {
-  int r = uv_fs_fsync(c->loop, req_of(c), c->fd, on_fsync_dir);
-  if (r < 0) not_queued(c, r, "fsync", nullptr);
-}
-
-void on_open_dir(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  fs_chain_step& s = current(c);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "open", &s.path);
-
-  c->fd = static_cast<uv_file>(r);
-  if (go_on(c)) in_turn(c, fsync_dir);
-}
-
-void open_dir(fs_chain_t* c) {
-  fs_chain_step& s = current(c);
-  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kDirFlags, 0,
-                     on_open_dir);
-  if (r < 0) not_queued(c, r, "open", &s.path);
-}
-
-// sync_dir, shared: wait for a sync of the directory that starts after
-// this point, which every link and rename of the plan precedes.
-void on_group_sync(dir_sync_wait* w) {
+void on_dir_synced(dir_sync_wait* w) {
   fs_chain_t* c = static_cast<fs_chain_t*>(w->data);
   const fs_result& r = w->result;
   if (r.error < 0) {
@@ -440,33 +354,89 @@ void on_group_sync(dir_sync_wait* w) {
   next_step(c);
 }
 
-// sync_dir, shared or alone. Waiting for a shared sync holds no slot of
-// the gate: the sync takes one for everyone it covers.
 void sync_dir(fs_chain_t* c) {
   fs_chain_step& s = current(c);
-  if (c->group != nullptr) {
-    c->dir_wait.data = c;
-    return dir_sync_request(c->group, s.path, &c->dir_wait, on_group_sync);
+  c->dir_wait.data = c;
+  if (c->group_commit) {
+    return dir_sync_request(c->group, s.path, &c->dir_wait, on_dir_synced);
   }
 
-  in_turn(c, open_dir);
+  dir_sync_alone(c->group, s.path, &c->dir_wait, on_dir_synced);
 }
 
-void run_step(fs_chain_t* c) {
-  if (c->step == c->steps.size()) return done(c);
+// On failure: record the first error, then undo, 1: close the file the
+// failed step left open. Its error is ignored; the fd is released
+// either way.
+void fail(fs_chain_t* c, int err, const char* syscall,
+          const std::string* path, const std::string* dest) {
+  c->failed = true;
+  c->result.error = err;
+  c->result.syscall = syscall;
+  if (path != nullptr) c->result.path = *path;
+  if (dest != nullptr) c->result.dest = *dest;
 
-  switch (current(c).op) {
-    case FS_CHAIN_WRITE_TMP:
-      return in_turn(c, open_tmp);
-    case FS_CHAIN_PUBLISH:
-      return in_turn(c, publish);
-    case FS_CHAIN_REPLACE:
-      return in_turn(c, replace);
-    case FS_CHAIN_UNLINK:
-      return in_turn(c, unlink_step);
-    case FS_CHAIN_SYNC_DIR:
-      return sync_dir(c);
-  }
+  if (c->fd < 0) return start_undo(c);
+
+  in_turn(c, close_after_failure);
+}
+
+void on_close_after_failure(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  end_req(req);
+  start_undo(c);
+}
+
+void close_after_failure(fs_chain_t* c) {
+  uv_file fd = c->fd;
+  c->fd = -1;
+  int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
+  if (r == 0) return;
+
+  uv_fs_req_cleanup(&c->req);
+  fs_gate_leave(c->gate);
+  start_undo(c);
+}
+
+// Undo, 2: unlink what the plan made. The operation is reported as
+// failed, so nothing of it may stay: tmp files still under their tmp
+// name, and names it published. Errors are ignored; undo is best effort
+// and the first error is the one the caller must see.
+void start_undo(fs_chain_t* c) {
+  c->undo = c->tmp_names;
+  c->undo.insert(c->undo.end(), c->published.begin(), c->published.end());
+  c->tmp_names.clear();
+  c->published.clear();
+  undo_next(c);
+}
+
+void on_undo(uv_fs_t* req) {
+  fs_chain_t* c = chain_of(req);
+  end_req(req);
+  c->undo.pop_back();
+  undo_next(c);
+}
+
+void unlink_undo(fs_chain_t* c) {
+  const char* name = c->undo.back().c_str();
+  int r = uv_fs_unlink(c->loop, req_of(c), name, on_undo);
+  if (r == 0) return;
+
+  uv_fs_req_cleanup(&c->req);
+  fs_gate_leave(c->gate);
+  c->undo.pop_back();
+  undo_next(c);
+}
+
+void undo_next(fs_chain_t* c) {
+  if (c->undo.empty()) return done(c);
+
+  in_turn(c, unlink_undo);
+}
+
+// The end, on success or after undo: report once. The callback may free
+// the chain, so nothing touches it afterwards.
+void done(fs_chain_t* c) {
+  c->cb(c);
 }
 
 }  // namespace

@@ -58,9 +58,11 @@ struct fs_chain_t {
   // until the chain's callback has run.
   fs_gate_t* gate = nullptr;
 
-  // When set, sync_dir steps share directory syncs with the other chains
-  // of the group (see dir_sync.h); when null, each step syncs alone.
+  // The directory syncs of the chain's store (see dir_sync.h). With
+  // group_commit, sync_dir steps share syncs with the other chains of
+  // the group; without, each step syncs alone.
   dir_sync_group_t* group = nullptr;
+  bool group_commit = false;
 
   // Set when the chain has ended; valid in the callback.
   fs_result result;

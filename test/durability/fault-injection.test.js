@@ -19,7 +19,8 @@
 //     the rename; the new meta when it comes after (the directory open,
 //     fsync or close), since a rename is not undone.
 //   remove: the message intact when unlinking the meta fails; no meta but
-//     the env when unlinking the env fails; nothing after that. A retried
+//     the env when a later call fails up to the env's unlink, which waits
+//     for the meta's removal to be durable; nothing after that. A retried
 //     remove finishes the job, and succeeds when there is nothing left.
 
 const assert = require('node:assert/strict');
@@ -45,8 +46,8 @@ const CHAINS = {
     ['openat', 'tmp meta'], ['pwrite64', 'tmp meta'],
     ['fdatasync', 'tmp meta'], ['close', 'tmp meta'],
     ['link', 'env'], ['unlink', 'tmp env'],
-    ['link', 'meta'], ['unlink', 'tmp meta'],
     ['openat', 'env dir'], ['fsync', 'env dir'], ['close', 'env dir'],
+    ['link', 'meta'], ['unlink', 'tmp meta'],
     ['openat', 'meta dir'], ['fsync', 'meta dir'], ['close', 'meta dir'],
   ],
   setTimestamp: [
@@ -56,9 +57,10 @@ const CHAINS = {
     ['openat', 'meta dir'], ['fsync', 'meta dir'], ['close', 'meta dir'],
   ],
   remove: [
-    ['unlink', 'meta'], ['unlink', 'env'],
-    ['openat', 'env dir'], ['fsync', 'env dir'], ['close', 'env dir'],
+    ['unlink', 'meta'],
     ['openat', 'meta dir'], ['fsync', 'meta dir'], ['close', 'meta dir'],
+    ['unlink', 'env'],
+    ['openat', 'env dir'], ['fsync', 'env dir'], ['close', 'env dir'],
   ],
 };
 
@@ -241,7 +243,13 @@ function expectedState(c) {
     const rename = CHAINS.setTimestamp.findIndex(([s]) => s === 'rename');
     return c.step <= rename ? 'old' : 'new';
   }
-  if (c.op === 'remove') return ['intact', 'env only'][c.step] ?? 'gone';
+  if (c.op === 'remove') {
+    // The meta goes first; the env stays until the meta's removal is
+    // durable and its own unlink succeeds.
+    const unlinkEnv = CHAINS.remove.findIndex(([, f]) => f === 'env');
+    if (c.step === 0) return 'intact';
+    return c.step <= unlinkEnv ? 'env only' : 'gone';
+  }
   return 'intact';
 }
 

@@ -45,7 +45,8 @@ const runner = mocha.run((failures) => {
   const lost = reportDurability();
   const { passes = 0, pending = 0 } = runner.stats || {};
   const failed = Math.max(failures, runner.stats.failures || 0);
-  console.log(`${passes} passed, ${failed} failed, ${pending} skipped`);
+  if (pending > 0) console.log(`${pending} skipped`);
+  console.log(`${passes} passed, ${failed} failed`);
   process.exitCode = failed > 0 || passes === 0 || lost > 0 ? 1 : 0;
 });
 

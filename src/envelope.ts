@@ -7,6 +7,8 @@
  * a prepended header is the only change ever made to them.
  */
 
+import { InvalidArgumentError } from './errors';
+
 const CR = 0x0d;
 const LF = 0x0a;
 const SP = 0x20;
@@ -55,7 +57,7 @@ function toBuffer(data: Buffer | Uint8Array, what: string): Buffer {
     return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   }
 
-  throw new TypeError(`${what} must be a Buffer or Uint8Array`);
+  throw new InvalidArgumentError(`${what} must be a Buffer or Uint8Array`);
 }
 
 /**
@@ -270,7 +272,7 @@ function splitFolds(value: Buffer): Buffer[] {
 
     const breakLen = byte === CR && value[i + 1] === LF ? 2 : 1;
     if (!isWsp(value[i + breakLen])) {
-      throw new TypeError(
+      throw new InvalidArgumentError(
         'header value may hold a line break only as a fold before a ' +
           'space or tab',
       );
@@ -292,10 +294,10 @@ function lastText(line: Buffer, start = 0): number {
   return i >= start ? i : -1;
 }
 
-function whitespaceLineError(): TypeError {
+function whitespaceLineError(): InvalidArgumentError {
   // RFC 5322 allows no such line, and some readers take it for the empty
   // line that ends the header block.
-  return new TypeError(
+  return new InvalidArgumentError(
     'header value would write a line of only spaces and tabs',
   );
 }
@@ -338,7 +340,7 @@ function foldLong(line: Buffer, prefix: number): Buffer[] {
     }
 
     if (cut === -1 || !hasText) {
-      throw new TypeError(
+      throw new InvalidArgumentError(
         `header line would exceed ${MAX_LINE_OCTETS} octets and has no ` +
           'space or tab to fold at that leaves text on both lines',
       );
@@ -356,13 +358,13 @@ function foldLong(line: Buffer, prefix: number): Buffer[] {
 /** Builds `Name: value` plus line ending, folded to the line limit. */
 function buildField(name: unknown, value: unknown, eol: Buffer): Buffer {
   if (typeof name !== 'string' || !/^[\x21-\x39\x3b-\x7e]+$/.test(name)) {
-    throw new TypeError(
+    throw new InvalidArgumentError(
       'header name must be a non-empty string of printable ASCII without ":"',
     );
   }
 
   if (typeof value !== 'string') {
-    throw new TypeError('header value must be a string');
+    throw new InvalidArgumentError('header value must be a string');
   }
 
   const head = Buffer.from(`${name}: `, 'latin1');
@@ -389,7 +391,7 @@ function recipientsFrom(recipients: unknown, what: string): string[] {
     !Array.isArray(recipients) ||
     !recipients.every((r) => typeof r === 'string')
   ) {
-    throw new TypeError(`${what} must be an array of strings`);
+    throw new InvalidArgumentError(`${what} must be an array of strings`);
   }
 
   return [...recipients];
@@ -429,7 +431,7 @@ export class Envelope {
    * An envelope with an empty header block and an empty body. The
    * recipients and client given are copied, not kept.
    *
-   * @throws TypeError when `recipients` is given and is not an array of
+   * @throws InvalidArgumentError (a TypeError) when `recipients` is given and is not an array of
    *   strings.
    */
   constructor(init: EnvelopeInit = {}) {
@@ -501,7 +503,7 @@ export class Envelope {
    * line continues the new field. `prependHeader('X', 'v')` on
    * `" lead\r\nA: 1\r\n\r\n"` gives `headers.get('x') === 'v lead'`.
    *
-   * @throws TypeError when the name is not printable ASCII without `:`, the
+   * @throws InvalidArgumentError (a TypeError) when the name is not printable ASCII without `:`, the
    *   value is not a string, holds a line break that is not a fold, would
    *   write a line of only spaces and tabs (a fold followed by nothing but
    *   whitespace), or has a run too long to fit a line; the envelope is
@@ -518,7 +520,7 @@ export class Envelope {
    *
    * @param newRecipients - recipients for the copy (copied; `[]` is kept
    *   as empty); by default those of this envelope.
-   * @throws TypeError when `newRecipients` is given and is not an array of
+   * @throws InvalidArgumentError (a TypeError) when `newRecipients` is given and is not an array of
    *   strings.
    */
   copy(newRecipients?: string[]): Envelope {

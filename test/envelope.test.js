@@ -94,7 +94,8 @@ describe('Envelope()', () => {
   ]) {
     it(`rejects recipients that are ${what}`, () => {
       assert.throws(() => new Envelope({ recipients }), {
-        name: 'TypeError',
+        name: 'InvalidArgumentError',
+        code: 'ERR_QUEUE_INVALID_ARGUMENT',
         message: 'recipients must be an array of strings',
       });
     });
@@ -407,7 +408,10 @@ describe('Envelope#prependHeader()', () => {
       const raw = 'A: 1\r\n\r\nbody';
       const env = parsed(raw);
       const headers = env.headers;
-      assert.throws(() => env.prependHeader(name, value), TypeError);
+      assert.throws(() => env.prependHeader(name, value), {
+        name: 'InvalidArgumentError',
+        code: 'ERR_QUEUE_INVALID_ARGUMENT',
+      });
       assert.deepEqual(flat(env), b(raw));
       assert.equal(env.headers, headers);
     });
@@ -584,7 +588,8 @@ describe('Envelope#copy()', () => {
   ]) {
     it(`rejects new recipients that are ${what}`, () => {
       assert.throws(() => original().copy(recipients), {
-        name: 'TypeError',
+        name: 'InvalidArgumentError',
+        code: 'ERR_QUEUE_INVALID_ARGUMENT',
         message: 'newRecipients must be an array of strings',
       });
     });

@@ -57,8 +57,6 @@ function queueDirs(dir) {
 function openLibrary(name, dir) {
   const { DiskStorage } = loadLibrary();
   const [envDir, metaDir] = queueDirs(dir);
-  // groupCommit is passed even to builds that do not know it yet: the
-  // options object is read by name, so an unknown key is ignored.
   const store = new DiskStorage(
     envDir,
     metaDir,

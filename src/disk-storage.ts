@@ -9,6 +9,7 @@
 
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
+import { constants } from 'node:os';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { debuglog } from 'node:util';
@@ -157,6 +158,14 @@ function chooseBackend(
 const liveTmpFiles = new Set<string>();
 
 /**
+ * The last call queued on each message of this thread, by meta path, so
+ * that calls on one message run in call order even when they come from
+ * two stores of one queue. (Another thread or process cannot own the
+ * queue at the same time: see lock.ts.)
+ */
+const perMessage = new Map<string, Promise<unknown>>();
+
+/**
  * Durable queue storage in three directories on one filesystem.
  *
  * Every call resolves only once its effect would survive a crash or a
@@ -175,7 +184,6 @@ export class DiskStorage extends EventEmitter {
   private readonly backend: Backend;
   private readonly graceMs: number;
   private readonly plans = new Limiter(MAX_PLANS);
-  private readonly perId = new Map<string, Promise<unknown>>();
   private readonly inFlight = new Set<Promise<unknown>>();
   private ready: Promise<void> | null = null;
   private lockFile: string | null = null;
@@ -206,6 +214,7 @@ export class DiskStorage extends EventEmitter {
     if (tmpDir != null && (typeof tmpDir !== 'string' || tmpDir === '')) {
       throw new InvalidArgumentError('tmpDir must be a non-empty string');
     }
+    checkOptions(options);
     const io = options.io ?? 'native';
     if (io !== 'native' && io !== 'js') {
       throw new InvalidArgumentError("options.io must be 'native' or 'js'");
@@ -291,22 +300,26 @@ export class DiskStorage extends EventEmitter {
    * recipient list as first written; repeating one changes nothing.
    */
   setRecipientsDelivered(id: string, rcptIndexes: number[]): Promise<void> {
+    // The indexes are checked, and then used, as they are at the call: a
+    // copy, so that the caller changing its array later changes nothing.
+    const indexes: number[] = [];
     return this.update(
       id,
       () => {
         if (!Array.isArray(rcptIndexes)) {
           throw new InvalidArgumentError('rcptIndexes must be an array');
         }
-        for (const i of rcptIndexes) {
-          if (!Number.isSafeInteger(i) || i < 0) {
+        for (const i of rcptIndexes as unknown[]) {
+          if (typeof i !== 'number' || !Number.isSafeInteger(i) || i < 0) {
             throw new InvalidArgumentError(
               `recipient index ${String(i)} is not a non-negative integer`,
             );
           }
+          indexes.push(i);
         }
       },
       (meta) => {
-        const bad = rcptIndexes.find((i) => i >= meta.recipientCount);
+        const bad = indexes.find((i) => i >= meta.recipientCount);
         if (bad !== undefined) {
           throw new InvalidArgumentError(
             `recipient index ${bad} is out of range: message ${id} has ` +
@@ -315,7 +328,7 @@ export class DiskStorage extends EventEmitter {
         }
         const delivered = new Set(meta.delivered);
         const before = delivered.size;
-        for (const i of rcptIndexes) delivered.add(i);
+        for (const i of indexes) delivered.add(i);
         if (delivered.size === before) return false;
         meta.delivered = [...delivered].sort((a, b) => a - b);
         return true;
@@ -328,31 +341,35 @@ export class DiskStorage extends EventEmitter {
    * the number of delivery attempts so far.
    */
   get(id: string): Promise<[Envelope, number]> {
-    return this.call(async () => {
+    return this.call(() => {
       checkId(id);
-      await this.init();
       return this.serial(id, async () => {
+        await this.init();
         const envPath = this.envPath(id);
         const metaPath = this.metaPath(id);
         const [envFile, metaFile] = await this.backend.readFiles([
           envPath,
           metaPath,
         ]);
-        const meta = decodeMeta(this.fileOrThrow(id, metaFile), id, metaPath);
-        if (isMissing(envFile)) {
-          throw new CorruptError(envPath, 'envelope file is missing', envFile);
-        }
-        const envelope = decodeEnvelope(
-          this.fileOrThrow(id, envFile),
-          id,
-          envPath,
-        );
-        if (envelope.recipients.length !== meta.recipientCount) {
-          throw new CorruptError(
-            envPath,
-            `has ${envelope.recipients.length} recipients, its meta file ` +
-              `says ${meta.recipientCount}`,
-          );
+        const metaBytes = await this.bytesOf(id, metaFile, 'meta');
+        let meta: Meta;
+        let envelope: Envelope;
+        try {
+          meta = decodeMeta(metaBytes, id, metaPath);
+          const envBytes = await this.bytesOf(id, envFile, 'env');
+          envelope = decodeEnvelope(envBytes, id, envPath);
+          if (envelope.recipients.length !== meta.recipientCount) {
+            throw new CorruptError(
+              envPath,
+              `has ${envelope.recipients.length} recipients, its meta ` +
+                `file says ${meta.recipientCount}`,
+            );
+          }
+        } catch (err) {
+          // load() checks the meta and the envelope's size; damage that
+          // keeps the size shows here, and is set aside the same way.
+          if (err instanceof CorruptError) await this.setAside(id, err);
+          throw err;
         }
         const delivered = new Set(meta.delivered);
         envelope.recipients = envelope.recipients.filter(
@@ -369,13 +386,14 @@ export class DiskStorage extends EventEmitter {
    * get(), which reads the whole envelope.
    */
   inspect(id: string): Promise<MessageInfo> {
-    return this.call(async () => {
+    return this.call(() => {
       checkId(id);
-      await this.init();
       return this.serial(id, async () => {
+        await this.init();
         const metaPath = this.metaPath(id);
         const [file] = await this.backend.readFiles([metaPath]);
-        const meta = decodeMeta(this.fileOrThrow(id, file), id, metaPath);
+        const bytes = await this.bytesOf(id, file, 'meta');
+        const meta = decodeMeta(bytes, id, metaPath);
         return {
           id,
           timestamp: meta.timestamp,
@@ -394,11 +412,11 @@ export class DiskStorage extends EventEmitter {
    * way can simply be called again; the directories are synced either way.
    */
   remove(id: string): Promise<void> {
-    return this.call(async () => {
+    return this.call(() => {
       checkId(id);
       this.checkWritable();
-      await this.own();
-      await this.serial(id, async () => {
+      return this.serial(id, async () => {
+        await this.own();
         // The meta goes first, and its removal is made durable before the
         // env goes: without the meta load() no longer yields the message,
         // so a crash or power cut half-way leaves an orphan env, never a
@@ -427,37 +445,40 @@ export class DiskStorage extends EventEmitter {
    */
   async *load(): AsyncGenerator<[number, string]> {
     this.checkOpen();
-    if (this.readOnly) await this.init();
-    else {
-      await this.own();
-      await this.cleanTmp();
-    }
+    // Every step below is tracked, so that close() waits for the one under
+    // way before it gives back the lock; a caller that resumes the
+    // iteration after close() gets ERR_QUEUE_CLOSED.
+    if (this.readOnly) await this.track(this.init());
+    else await this.track(this.own().then(() => this.cleanTmp()));
 
     // Ids of the intact messages yielded, so that the pass over the env
     // directory asks the disk only about env files nobody claimed.
     const claimed = new IdSet();
 
     const fetch = (batch: string[]) =>
-      Promise.all([
-        batch,
-        this.backend.scanMeta(this.metaDir, this.envDir, batch),
-      ] as const);
+      this.track(
+        Promise.all([
+          batch,
+          this.backend.scanMeta(this.metaDir, this.envDir, batch),
+        ] as const),
+      );
 
     // Read ahead: the next batches are listed and read while this one is
     // checked and consumed, two of them at once on the pool; the
-    // backend's gate bounds the threads they take.
+    // backend's gate bounds the threads they take. A promise held for
+    // later is marked handled now; its error, if any, comes out where it
+    // is awaited.
     // TODO: listing is now most of what the main thread does (a Dirent
     // per entry, twice per message); a native listing that hands over
     // only the ids would cut it, at the cost of a directory handle with
-    // its own lifetime in the addon. A promise held for later is marked handled now; its error, if
-    // any, comes out where it is awaited.
+    // its own lifetime in the addon.
     const batches = this.scan(this.metaDir, META_SUFFIX);
     const queue: ReturnType<typeof fetch>[] = [];
     let listed = false;
     try {
       for (;;) {
         while (!listed && queue.length < LOAD_AHEAD) {
-          const next = await batches.next();
+          const next = await this.track(batches.next());
           if (next.done) listed = true;
           else queue.push(fetch(next.value));
           queue[queue.length - 1]?.catch(() => undefined);
@@ -470,36 +491,57 @@ export class DiskStorage extends EventEmitter {
           const found = this.intactMeta(ids[i], files[i], envStats[i]);
           const meta =
             found === undefined
-              ? await this.checkScanned(ids[i], files[i], envStats[i])
+              ? await this.track(
+                  this.checkScanned(ids[i], files[i], envStats[i]),
+                )
               : found;
           if (meta === null) continue;
           claimed.add(meta.id);
           yield [meta.timestamp, meta.id];
+          this.checkOpen();
         }
       }
     } finally {
       // Closes the directory when the caller stops early.
-      await batches.return(undefined);
+      await this.track(batches.return(undefined));
     }
 
-    for await (const batch of this.scan(this.envDir, ENV_SUFFIX)) {
-      const unclaimed = batch.filter((id) => !claimed.has(id));
-      if (unclaimed.length === 0) continue;
-      const metaStats = await this.backend.statFiles(
-        unclaimed.map((id) => this.metaPath(id)),
-      );
-      const orphans = unclaimed.filter((_, i) => isMissing(metaStats[i]));
-      if (orphans.length === 0) continue;
-      const envStats = await this.backend.statFiles(
-        orphans.map((id) => this.envPath(id)),
-      );
-      for (let i = 0; i < orphans.length; i++) {
-        const envStat = envStats[i];
-        if (envStat instanceof Error || !this.pastGrace(envStat)) continue;
-        await this.quarantine(orphans[i], 'meta file is missing', [
-          this.envPath(orphans[i]),
-        ]);
+    const envBatches = this.scan(this.envDir, ENV_SUFFIX);
+    try {
+      for (;;) {
+        const next = await this.track(envBatches.next());
+        if (next.done) break;
+        await this.track(this.quarantineOrphans(next.value, claimed));
       }
+    } finally {
+      await this.track(envBatches.return(undefined));
+    }
+  }
+
+  /**
+   * The env files of `batch` that no meta file claims, once past the
+   * grace period, are quarantined: their meta is gone for good.
+   */
+  private async quarantineOrphans(
+    batch: string[],
+    claimed: IdSet,
+  ): Promise<void> {
+    const unclaimed = batch.filter((id) => !claimed.has(id));
+    if (unclaimed.length === 0) return;
+    const metaStats = await this.backend.statFiles(
+      unclaimed.map((id) => this.metaPath(id)),
+    );
+    const orphans = unclaimed.filter((_, i) => isMissing(metaStats[i]));
+    if (orphans.length === 0) return;
+    const envStats = await this.backend.statFiles(
+      orphans.map((id) => this.envPath(id)),
+    );
+    for (let i = 0; i < orphans.length; i++) {
+      const envStat = envStats[i];
+      if (envStat instanceof Error || !this.pastGrace(envStat)) continue;
+      await this.quarantine(orphans[i], 'meta file is missing', [
+        this.envPath(orphans[i]),
+      ]);
     }
   }
 
@@ -570,15 +612,16 @@ export class DiskStorage extends EventEmitter {
     validate: (() => void) | null,
     change: (meta: Meta) => boolean,
   ): Promise<Meta> {
-    return this.call(async () => {
+    return this.call(() => {
       checkId(id);
       validate?.();
       this.checkWritable();
-      await this.own();
       return this.serial(id, async () => {
+        await this.own();
         const metaPath = this.metaPath(id);
         const [file] = await this.backend.readFiles([metaPath]);
-        const meta = decodeMeta(this.fileOrThrow(id, file), id, metaPath);
+        const bytes = await this.bytesOf(id, file, 'meta');
+        const meta = decodeMeta(bytes, id, metaPath);
         if (!change(meta)) return meta;
         const tmp = this.tmpPath(id, 'meta');
         await this.runPlan([
@@ -730,15 +773,14 @@ export class DiskStorage extends EventEmitter {
       if (!match || !entry.isFile()) continue;
       const file = path.join(this.tmpDir, entry.name);
       const pid = Number(match[3]);
-      if (pid === process.pid) {
-        // Ours: spare it while a plan in this thread runs, and while it is
-        // young, since a worker thread of this process may be writing it.
-        if (liveTmpFiles.has(file)) continue;
-        const st = await lstatOrError(file);
-        if (st instanceof Error || !this.pastGrace(st)) continue;
-      } else if (processAlive(pid)) {
+      // A plan of this thread, or a live process, may be writing it.
+      if (pid === process.pid ? liveTmpFiles.has(file) : processAlive(pid)) {
         continue;
       }
+      // So may a worker thread of this process, or a writer in another PID
+      // namespace, whose pid means nothing here: only old files go.
+      const st = await lstatOrError(file);
+      if (st instanceof Error || !this.pastGrace(st)) continue;
       await fs.unlink(file).catch(() => undefined);
       debug('load: removed stale tmp file %s', file);
     }
@@ -786,26 +828,37 @@ export class DiskStorage extends EventEmitter {
     } catch (err) {
       return Promise.reject(err);
     }
-    const tracked = promise.catch((err: unknown) => {
-      throw err instanceof QueueError ? err : classifyOsError(err);
-    });
-    this.inFlight.add(tracked);
-    const untrack = () => this.inFlight.delete(tracked);
-    tracked.then(untrack, untrack);
-    return tracked;
+    return this.track(
+      promise.catch((err: unknown) => {
+        throw err instanceof QueueError ? err : classifyOsError(err);
+      }),
+    );
   }
 
-  /** Runs `fn` after every earlier call on the same id has settled. */
+  /** Counts `promise` as work in flight, which close() waits for. */
+  private track<T>(promise: Promise<T>): Promise<T> {
+    this.inFlight.add(promise);
+    const untrack = () => this.inFlight.delete(promise);
+    promise.then(untrack, untrack);
+    return promise;
+  }
+
+  /**
+   * Runs `fn` after every earlier call on the same message has settled.
+   * Called when the public call is made, before anything is awaited, so
+   * that the queue order is the call order.
+   */
   private serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const before = this.perId.get(id) ?? Promise.resolve();
+    const key = this.metaPath(id);
+    const before = perMessage.get(key) ?? Promise.resolve();
     const result = before.then(fn, fn);
     const tail = result.then(
       () => undefined,
       () => undefined,
     );
-    this.perId.set(id, tail);
+    perMessage.set(key, tail);
     void tail.then(() => {
-      if (this.perId.get(id) === tail) this.perId.delete(id);
+      if (perMessage.get(key) === tail) perMessage.delete(key);
     });
     return result;
   }
@@ -823,13 +876,43 @@ export class DiskStorage extends EventEmitter {
     }
   }
 
-  private fileOrThrow(
+  /**
+   * The bytes of a message's file as read, or the error to reject with.
+   * A missing meta file is no such message and a missing envelope is
+   * damage, unless the directory itself is gone: then the OS error is the
+   * answer, since that is a broken queue, not a missing message.
+   */
+  private async bytesOf(
     id: string,
     file: Buffer | NodeJS.ErrnoException,
-  ): Buffer {
-    if (isMissing(file)) throw new NotFoundError(id, file);
-    if (file instanceof Error) throw file;
-    return file;
+    kind: 'meta' | 'env',
+  ): Promise<Buffer> {
+    if (!(file instanceof Error)) return file;
+    if (!isMissing(file)) throw file;
+    const dir = kind === 'meta' ? this.metaDir : this.envDir;
+    const st = await fs.stat(dir).catch((err: unknown) => err as Error);
+    if (st instanceof Error || !st.isDirectory()) throw file;
+    if (kind === 'meta') throw new NotFoundError(id, file);
+    throw new CorruptError(this.envPath(id), 'envelope file is missing', file);
+  }
+
+  /**
+   * Moves a message get() found damaged to the quarantine directory, as
+   * load() would, so it is not tried again and again. Only the queue's
+   * owner moves files; a store that cannot take the lock leaves them.
+   */
+  private async setAside(id: string, err: CorruptError): Promise<void> {
+    if (this.readOnly) return;
+    try {
+      await this.own();
+    } catch (lockErr) {
+      debug('get: %s is damaged, not moved: %s', id, String(lockErr));
+      return;
+    }
+    await this.quarantine(id, err.message, [
+      this.metaPath(id),
+      this.envPath(id),
+    ]);
   }
 
   /**
@@ -869,38 +952,34 @@ export class DiskStorage extends EventEmitter {
     return this.locking;
   }
 
+  /**
+   * Makes the directories, and their names durable: every parent of a
+   * directory of the queue is synced, also when the directory was there
+   * already, since a process that made it may have died before its sync.
+   * A failed sync fails the call, like any other: a later success would
+   * prove nothing about the names the failed one was to cover.
+   */
   private async prepareDirs(): Promise<void> {
     const dirs = [this.envDir, this.metaDir, this.tmpDir];
     if (!this.readOnly) {
       // Quarantine moves files by rename, so it must be on the same
       // filesystem too, and it exists before the first damage is found.
       dirs.push(this.quarantineDir);
+      const parents = new Set<string>();
       for (const dir of dirs) {
-        const first = await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-        if (first !== undefined) {
-          // mkdir made `first` and everything below it: sync each new
-          // directory's parent so the chain of names survives a power cut.
-          let made = dir;
-          while (made.length >= first.length) {
-            await syncDirBestEffort(path.dirname(made));
-            made = path.dirname(made);
-          }
+        const first = await mkdirOrNotDir(dir);
+        // When mkdir made `first` and everything below it, the parent of
+        // each new directory is synced too, so the chain of names survives.
+        for (let made = dir; ; made = path.dirname(made)) {
+          parents.add(path.dirname(made));
+          if (first === undefined || made.length <= first.length) break;
         }
       }
+      for (const parent of parents) await syncDir(parent);
     }
     const stats = await Promise.all(dirs.map((d) => fs.stat(d)));
     stats.forEach((st, i) => {
-      if (!st.isDirectory()) {
-        const err = new Error(
-          `ENOTDIR: not a directory, scandir '${dirs[i]}'`,
-        ) as NodeJS.ErrnoException;
-        Object.assign(err, {
-          code: 'ENOTDIR',
-          syscall: 'scandir',
-          path: dirs[i],
-        });
-        throw err;
-      }
+      if (!st.isDirectory()) throw notADirectory(dirs[i], 'scandir');
     });
     if (stats.some((st) => st.dev !== stats[0].dev)) {
       throw new CrossDeviceError(
@@ -1012,6 +1091,45 @@ class IdTable {
   }
 }
 
+const OPTION_NAMES: readonly string[] = [
+  'io',
+  'graceMs',
+  'quarantineDir',
+  'readOnly',
+  'maxInFlight',
+  'groupCommit',
+];
+
+/**
+ * Refuses what is not an options object, an option of another name (a
+ * misspelt `readonly` would otherwise open the queue as its owner), and
+ * options of the wrong type; the values are checked where they are used.
+ */
+function checkOptions(options: unknown): void {
+  if (options === null || typeof options !== 'object') {
+    throw new InvalidArgumentError('options must be an object');
+  }
+  for (const name of Object.keys(options)) {
+    if (!OPTION_NAMES.includes(name)) {
+      throw new InvalidArgumentError(
+        `unknown option '${name}'; the options are ${OPTION_NAMES.join(', ')}`,
+      );
+    }
+  }
+  const { readOnly, quarantineDir } = options as DiskStorageOptions;
+  if (readOnly !== undefined && typeof readOnly !== 'boolean') {
+    throw new InvalidArgumentError('options.readOnly must be a boolean');
+  }
+  if (
+    quarantineDir !== undefined &&
+    (typeof quarantineDir !== 'string' || quarantineDir === '')
+  ) {
+    throw new InvalidArgumentError(
+      'options.quarantineDir must be a non-empty string',
+    );
+  }
+}
+
 function newId(): string {
   return randomBytes(16).toString('hex');
 }
@@ -1068,15 +1186,48 @@ async function countEntries(dir: string): Promise<number> {
   return n;
 }
 
+/** fsyncs a directory, so that the names made in it are durable. */
+async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Best effort, for quarantine: the files are kept either way. */
 async function syncDirBestEffort(dir: string): Promise<void> {
   try {
-    const handle = await fs.open(dir, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await syncDir(dir);
   } catch (err) {
     debug('cannot sync directory %s: %s', dir, String(err));
   }
+}
+
+/**
+ * mkdir -p, resolving with the first directory it made (undefined when
+ * none). A file where a directory should be is ENOTDIR, as Node says for
+ * a file on the way to it, not mkdir's EEXIST.
+ */
+async function mkdirOrNotDir(dir: string): Promise<string | undefined> {
+  try {
+    return await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    throw notADirectory(dir, 'mkdir');
+  }
+}
+
+function notADirectory(dir: string, syscall: string): NodeJS.ErrnoException {
+  const err = new Error(
+    `ENOTDIR: not a directory, ${syscall} '${dir}'`,
+  ) as NodeJS.ErrnoException;
+  Object.assign(err, {
+    code: 'ENOTDIR',
+    errno: -constants.errno.ENOTDIR,
+    syscall,
+    path: dir,
+  });
+  return err;
 }

@@ -286,6 +286,47 @@ for (const io of BACKENDS) {
         assert.equal((await store.get(id))[1], 30);
       });
 
+      it('runs a read called after an update after it, on a fresh store too', async function () {
+        const id = await store.write(makeEnvelope({ recipients: ['a@x', 'b@x'] }), 1);
+        for (let round = 0; round < 5; round++) {
+          const fresh = openStore(tmp(), io);
+          const inc = fresh.incrementAttempts(id);
+          const got = fresh.get(id);
+          const ts = fresh.setTimestamp(id, 100 + round);
+          const seen = fresh.inspect(id);
+          const rcpt = fresh.setRecipientsDelivered(id, [0]);
+          const after = fresh.get(id);
+          assert.equal(await inc, round + 1);
+          assert.equal((await got)[1], round + 1);
+          await ts;
+          assert.equal((await seen).timestamp, 100 + round);
+          await rcpt;
+          assert.deepEqual((await after)[0].recipients, ['b@x']);
+          await fresh.close();
+        }
+      });
+
+      it('runs a get() called after remove() after it', async function () {
+        const id = await store.write(makeEnvelope(), 1);
+        const removed = store.remove(id);
+        const err = await rejects(store.get(id));
+        await removed;
+        assert.equal(err.code, 'ERR_QUEUE_NOT_FOUND');
+      });
+
+      it('loses no update between two stores of one queue in one thread', async function () {
+        const id = await store.write(makeEnvelope(), 1);
+        const other = openStore(tmp(), io);
+        const counts = await Promise.all(
+          Array.from({ length: 100 }, (_, i) =>
+            (i % 2 ? other : store).incrementAttempts(id),
+          ),
+        );
+        await other.close();
+        assert.deepEqual(counts, Array.from({ length: 100 }, (_, i) => i + 1));
+        assert.equal((await store.inspect(id)).attempts, 100);
+      });
+
       it('rejects updates of an unknown id with ERR_QUEUE_NOT_FOUND', async function () {
         const unknown = 'f'.repeat(32);
         for (const call of [
@@ -320,6 +361,20 @@ for (const io of BACKENDS) {
         assert.deepEqual((await store.get(id))[0].recipients, ['r1@x', 'r3@x']);
         await store.setRecipientsDelivered(id, [1, 3]);
         assert.deepEqual((await store.get(id))[0].recipients, []);
+      });
+
+      it('uses the indexes as they were at the call, whatever the caller does to its array later', async function () {
+        const id = await store.write(makeEnvelope({ recipients: rcpts }), 1);
+        await store.setRecipientsDelivered(id, [1]);
+        const indexes = [0];
+        const call = store.setRecipientsDelivered(id, indexes);
+        indexes.push(1.5, 99);
+        indexes[0] = 4;
+        await call;
+        assert.deepEqual((await store.get(id))[0].recipients, ['r2@x', 'r3@x', 'r4@x']);
+        const loaded = [];
+        for await (const [, qid] of store.load()) loaded.push(qid);
+        assert.deepEqual(loaded, [id]);
       });
 
       for (const bad of [[5], [-1], [1.5], ['1'], [NaN], [null], [2 ** 53], 1, 'x', null]) {
@@ -444,6 +499,53 @@ for (const io of BACKENDS) {
         assert.equal(listDir(dir('env')).length, 20);
         const err = await rejects(store.write(makeEnvelope(), 1));
         assert.equal(err.code, 'ERR_QUEUE_CLOSED');
+      });
+
+      it('waits for the step of a load() under way, and ends the iteration after it', async function () {
+        const ids = [];
+        for (let i = 0; i < 6; i++) ids.push(await store.write(makeEnvelope(), i));
+        // Damage all but the first, so that load() has quarantine work left.
+        for (const id of ids.slice(1)) {
+          fs.writeFileSync(path.join(dir('meta'), `${id}.meta`), 'junk');
+        }
+        const loading = openStore(tmp(), io, { graceMs: 0 });
+        const moved = [];
+        loading.on('quarantine', (r) => moved.push(r.id));
+        const it = loading.load();
+        const first = it.next();
+        const closed = loading.close();
+        await first;
+        await closed;
+        const lockFile = path.join(dir('meta'), '.lock');
+        assert.equal(fs.existsSync(lockFile), false, 'the lock outlived close()');
+        const count = moved.length;
+        const err = await rejects(it.next());
+        assert.equal(err.code, 'ERR_QUEUE_CLOSED');
+        assert.equal(moved.length, count, 'load() went on after close()');
+      });
+    });
+
+    describe('options', function () {
+      for (const [what, options] of [
+        ['a misspelt option', { readonly: true }],
+        ['an unknown option', { bogus: 1 }],
+        ['a non-boolean readOnly', { readOnly: 'yes' }],
+        ['an empty quarantineDir', { quarantineDir: '' }],
+      ]) {
+        it(`refuses ${what} with ERR_QUEUE_INVALID_ARGUMENT`, function () {
+          assert.throws(
+            () => openStore(tmp(), io, options),
+            (err) => err instanceof TypeError && err.code === 'ERR_QUEUE_INVALID_ARGUMENT',
+          );
+        });
+      }
+
+      it('refuses options that are not an object', function () {
+        const { DiskStorage } = lib();
+        assert.throws(
+          () => new DiskStorage(dir('e'), dir('m'), null, 'js'),
+          (err) => err.code === 'ERR_QUEUE_INVALID_ARGUMENT',
+        );
       });
     });
   });

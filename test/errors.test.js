@@ -126,11 +126,13 @@ for (const io of BACKENDS) {
       fs.rmSync(tmp(), { recursive: true });
       const expect = {
         write: ['ENOENT', () => store.write(makeEnvelope(), 1)],
-        setTimestamp: ['ERR_QUEUE_NOT_FOUND', () => store.setTimestamp(id, 2)],
-        incrementAttempts: ['ERR_QUEUE_NOT_FOUND', () => store.incrementAttempts(id)],
-        setRecipientsDelivered: ['ERR_QUEUE_NOT_FOUND', () => store.setRecipientsDelivered(id, [0])],
-        get: ['ERR_QUEUE_NOT_FOUND', () => store.get(id)],
-        inspect: ['ERR_QUEUE_NOT_FOUND', () => store.inspect(id)],
+        // A broken queue, not a missing message: the OS error says so.
+        setTimestamp: ['ENOENT', () => store.setTimestamp(id, 2)],
+        incrementAttempts: ['ENOENT', () => store.incrementAttempts(id)],
+        setRecipientsDelivered: ['ENOENT', () => store.setRecipientsDelivered(id, [0])],
+        get: ['ENOENT', () => store.get(id)],
+        inspect: ['ENOENT', () => store.inspect(id)],
+        remove: ['ENOENT', () => store.remove(id)],
         load: ['ENOENT', () => store.load().next()],
         getInfo: ['ENOENT', () => store.getInfo()],
       };
@@ -140,8 +142,9 @@ for (const io of BACKENDS) {
         assert.equal(typeof err.retryable, 'boolean', `${op} has no retryable`);
         if (!code.startsWith('ERR_')) {
           assert.equal(typeof err.syscall, 'string', op);
-          assert.equal(typeof err.path, 'string', op);
+          assert.ok(err.path.startsWith(tmp()), `${op}: ${err.path}`);
           assert.equal(typeof err.errno, 'number', op);
+          assert.equal(err.retryable, false, op);
         }
       }
       assert.ok(!fs.existsSync(tmp()), 'an operation recreated the queue');
@@ -176,8 +179,25 @@ for (const io of BACKENDS) {
       const err = await rejects(s.write(makeEnvelope(), 1));
       assert.equal(err.code, 'ENOTDIR');
       assert.equal(err.retryable, false);
-      assert.ok(typeof err.syscall === 'string' && typeof err.path === 'string');
+      assert.equal(err.syscall, 'mkdir');
+      assert.equal(err.path, path.join(file, 'env'));
       sameAcrossBackends('ENOTDIR', io, err);
+    });
+
+    it('rejects with ENOTDIR, not EEXIST, when envDir and metaDir are a file', async function () {
+      const { DiskStorage } = lib();
+      const file = path.join(tmp(), 'file');
+      fs.writeFileSync(file, 'x');
+      const s = new DiskStorage(file, file, null, { io });
+      for (const call of [() => s.write(makeEnvelope(), 1), () => s.get('a'.repeat(32))]) {
+        const err = await rejects(call());
+        assert.equal(err.code, 'ENOTDIR');
+        assert.equal(err.errno, -20);
+        assert.equal(err.syscall, 'mkdir');
+        assert.equal(err.path, file);
+        assert.equal(err.retryable, false);
+      }
+      assert.equal(fs.readFileSync(file, 'utf8'), 'x');
     });
 
     it('rejects an update with EISDIR when a directory stands at the final path', async function () {
@@ -190,6 +210,7 @@ for (const io of BACKENDS) {
       // Reading the meta hits the directory first.
       const err = await rejects(store.incrementAttempts(id));
       assert.equal(err.code, 'EISDIR');
+      assert.equal(err.syscall, 'read');
       assert.equal(err.retryable, false);
       sameAcrossBackends('EISDIR', io, err);
       fs.rmSync(meta, { recursive: true });
@@ -202,6 +223,8 @@ for (const io of BACKENDS) {
       const s = openStore(path.join(tmp(), 'x'.repeat(300)), io);
       const err = await rejects(s.write(makeEnvelope(), 1));
       assert.equal(err.code, 'ENAMETOOLONG');
+      assert.equal(err.syscall, 'mkdir');
+      assert.ok(err.path.startsWith(path.join(tmp(), 'x')), err.path);
       assert.equal(err.retryable, false);
       sameAcrossBackends('ENAMETOOLONG', io, err);
     });

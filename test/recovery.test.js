@@ -94,12 +94,33 @@ for (const io of BACKENDS) {
       await patient.close();
     });
 
-    it('rejects get() of a damaged message with ERR_QUEUE_CORRUPT', async function () {
+    it('rejects get() of a damaged message with ERR_QUEUE_CORRUPT and sets it aside', async function () {
       flip(envFile(victim), 200);
+      const damaged = fs.readFileSync(envFile(victim));
+      const reports = collectReports(store);
+      // Bit rot that keeps the size passes load(), which reads no envelope.
+      assert.deepEqual(await loadAll(store), [good, victim].sort());
       const err = await rejects(store.get(victim));
       assert.equal(err.code, 'ERR_QUEUE_CORRUPT');
       assert.equal(err.retryable, false);
       assert.equal(err.path, envFile(victim));
+      assert.equal(reports.length, 1);
+      assert.equal(reports[0].id, victim);
+      const kept = reports[0].moved.find(([from]) => from === envFile(victim));
+      assert.ok(kept && fs.readFileSync(kept[1]).equals(damaged), 'envelope not kept');
+      assert.deepEqual(await loadAll(store), [good]);
+      assert.equal((await rejects(store.get(victim))).code, 'ERR_QUEUE_NOT_FOUND');
+      await store.remove(victim);
+    });
+
+    it('leaves a damaged message in place when get() is called on a read-only store', async function () {
+      flip(envFile(victim), 200);
+      const ro = openStore(tmp(), io, { readOnly: true });
+      const reports = collectReports(ro);
+      assert.equal((await rejects(ro.get(victim))).code, 'ERR_QUEUE_CORRUPT');
+      await ro.close();
+      assert.equal(reports.length, 0);
+      assert.ok(fs.existsSync(envFile(victim)) && fs.existsSync(metaFile(victim)));
     });
 
     it('rejects get() of an env file copied under another id with ERR_QUEUE_CORRUPT', async function () {
@@ -140,6 +161,18 @@ for (const io of BACKENDS) {
       } finally {
         child.kill();
       }
+    });
+
+    it('spares a young tmp file whatever its pid says: the writer may live in another PID namespace', async function () {
+      const dead = await deadPid();
+      const name = `${'d'.repeat(32)}.env.${dead}.0123abcd.tmp`;
+      fs.writeFileSync(path.join(dir('tmp'), name), 'partial');
+      const patient = openStore(tmp(), io, { graceMs: 60_000 });
+      await loadAll(patient);
+      await patient.close();
+      assert.deepEqual(listDir(dir('tmp')), [name]);
+      await loadAll(store); // graceMs: 0
+      assert.deepEqual(listDir(dir('tmp')), []);
     });
 
     it('never quarantines a message whose write() then resolves, with scans running beside the writes', async function () {

@@ -136,8 +136,9 @@ function report(err: unknown, stderr: Output): number {
 }
 
 function errorLine(message: string): string {
-  const oneLine = message.trim().replace(/\s*\n\s*/g, ' ');
-  return `slimta-queue: ${visibleText(oneLine)}\n`;
+  // visibleText() escapes line breaks too, so a CR or LF in an argument
+  // shows as \r or \n, and the error stays on one line.
+  return `slimta-queue: ${visibleText(message.trim())}\n`;
 }
 
 function warn(stderr: Output, message: string): void {
@@ -290,7 +291,7 @@ function parseAddress(value: string): string {
   // The store refuses these too, but only once the file is read: say so
   // as a usage error, before any work.
   if (/[\r\n\0]/.test(value)) {
-    throw new OptionValueError('an address may not contain CR, LF or NUL');
+    throw new OptionValueError('An address may not contain CR, LF or NUL.');
   }
   return value;
 }
@@ -304,8 +305,8 @@ function parseSeconds(value: string): number {
   const seconds = /^[0-9]+(\.[0-9]+)?$/.test(value) ? Number(value) : NaN;
   if (!Number.isFinite(seconds)) {
     throw new OptionValueError(
-      'expected Unix seconds as a non-negative decimal number, ' +
-        'such as 1700000000 or 1700000000.5',
+      'Expected Unix seconds as a non-negative decimal number, ' +
+        'such as 1700000000 or 1700000000.5.',
     );
   }
   return seconds;
@@ -375,6 +376,14 @@ async function checkQueueDir(dir: string): Promise<void> {
   }
 }
 
+/** enqueue creates a missing queue, but a file in its place is a mistake. */
+async function checkNotAFile(dir: string): Promise<void> {
+  const st = await fs.stat(dir).catch(() => null);
+  if (st && !st.isDirectory()) {
+    throw new Failure(`'${dir}' is not a directory`);
+  }
+}
+
 /** "ENOENT: no such file or directory" without the syscall and path. */
 function osReason(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
@@ -419,6 +428,7 @@ async function enqueue(
     if (file !== '-') await checkReadable(file);
   }
 
+  await checkNotAFile(opts.queue);
   const store = await openQueue(opts.queue, false);
   const progress = new Progress(io, files.length);
 
@@ -703,6 +713,7 @@ async function show(id: string, opts: ShowOptions, io: CliIo): Promise<void> {
     const fields = {
       id,
       size: meta.size,
+      messageSize: headerBlock.length + body.length,
       nextAttempt: meta.timestamp,
       attempts,
       sender: envelope.sender,
@@ -736,7 +747,8 @@ async function show(id: string, opts: ShowOptions, io: CliIo): Promise<void> {
       'received',
       envelope.timestamp === null ? null : isoTime(envelope.timestamp),
     ),
-    fieldLine('size', String(meta.size)),
+    fieldLine('message size', String(headerBlock.length + body.length)),
+    fieldLine('stored size', String(meta.size)),
     '\n',
   ];
 

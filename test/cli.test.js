@@ -386,6 +386,8 @@ describe('slimta-queue', function () {
       assert.match(text, /\nsender: evil\\x1b\[2J@x\\u202e\n/);
       assert.match(text, /\nrecipient: r\\x07\\u009b@y\n/);
       assert.match(text, /\nrecipient: a\\tb@x\n/);
+      assert.ok(text.includes(`\nmessage size: ${ESC_RAW.length}\n`));
+      assert.match(text, /\nstored size: \d+\n/);
       assert.ok(text.includes('Subject: \\x1b[31mred\\x1b[0m \\x07bell\\x7f\n'));
       assert.ok(text.includes('X-C1: \\u009b6n csi\n'));
       assert.ok(text.includes('X-Bad: \\xff\\xfe\n'));
@@ -499,8 +501,24 @@ describe('slimta-queue', function () {
       const args = ['enqueue', '-q', queue(), '-f', 'a', '-t', 'b\0c', 'f'];
       assert.equal(await main(args, io), 2);
       assert.equal(out.join(''), '');
-      assert.match(err.join(''), /^slimta-queue: [^\n]*CR, LF or NUL\n$/);
+      assert.match(err.join(''), /^slimta-queue: [^\n]*'b\\x00c'[^\n]*CR, LF or NUL\.\n$/);
       assert.equal(fs.existsSync(queue()), false);
+    });
+
+    it('shows a CR LF in an argument as visible escapes on its one error line', function () {
+      const r = run(['enqueue', '-q', queue(), '-f', 'a\r\nb', '-t', 'c', 'f']);
+      assertOneErrorLine(r, 2);
+      assert.match(r.stderr, /'a\\r\\nb' is invalid\. An address/);
+    });
+
+    it('says a file given as the queue of enqueue is not a directory', function () {
+      const file = path.join(tmp(), 'plain');
+      fs.writeFileSync(file, 'x');
+      const msg = path.join(tmp(), 'm.eml');
+      fs.writeFileSync(msg, 'Subject: x\n\nbody\n');
+      const r = run(['enqueue', '-q', file, '-f', 'a', '-t', 'b', msg]);
+      assertOneErrorLine(r, 1);
+      assert.equal(r.stderr, `slimta-queue: '${file}' is not a directory\n`);
     });
 
     it('says which command is unknown to help', function () {

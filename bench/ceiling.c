@@ -101,9 +101,11 @@ static void one_message(long thread, long n) {
 
   write_tmp(env_tmp, env_bytes);
   write_tmp(meta_tmp, meta_bytes);
+  /* The library's order: the env name is durable before the meta name
+     exists, so a meta file never points at a missing envelope. */
   publish(env_tmp, env_path);
-  publish(meta_tmp, meta_path);
   sync_dir(env_dir);
+  publish(meta_tmp, meta_path);
   sync_dir(meta_dir);
 }
 

@@ -307,11 +307,17 @@ function clock(ms) {
   return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`;
 }
 
+// Not on a terminal (a log, CI), a line every 10 s at most, so a long
+// run still shows it is alive without flooding the log.
+const PLAIN_EVERY_MS = 10_000;
+let lastPlain = 0;
+
 function progress(text, final = false) {
   const line = `bench ${clock(Date.now() - started)} ${text}`;
   if (tty) {
     process.stderr.write(`\r\x1b[K${line}${final ? '\n' : ''}`);
-  } else if (final) {
+  } else if (final || Date.now() - lastPlain >= PLAIN_EVERY_MS) {
+    lastPlain = Date.now();
     process.stderr.write(`${line}\n`);
   }
 }

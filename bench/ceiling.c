@@ -6,9 +6,11 @@
  * Per message, in the library's order:
  *   open tmp env (O_EXCL), write, fdatasync, close
  *   open tmp meta (O_EXCL), write, fdatasync, close
- *   link tmp env into env/, unlink the tmp name
- *   link tmp meta into meta/, unlink the tmp name
- *   open env/, fsync, close; open meta/, fsync, close
+ *   link tmp env into env/, unlink the tmp name; open env/, fsync, close
+ *   link tmp meta into meta/, unlink the tmp name; open meta/, fsync, close
+ *
+ * No group commit: each message syncs both directories itself, so at high
+ * concurrency this ceiling falls below what shared syncs can reach.
  *
  * Usage: ceiling DIR THREADS ENV_BYTES META_BYTES SECONDS MAX_MESSAGES
  * Prints one JSON object on stdout.

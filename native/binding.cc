@@ -282,7 +282,7 @@ napi_value MakeScan(napi_env env, fs_batch_t* b) {
   double* numbers = static_cast<double*>(raw);
   for (size_t i = 0; i < n; i++) {
     const fs_batch_file& f = b->files[i];
-    numbers[3 * i] = static_cast<double>(f.len);
+    numbers[3 * i] = static_cast<double>(f.meta_end);
     numbers[3 * i + 1] = static_cast<double>(f.size);
     numbers[3 * i + 2] = f.ctime_ms;
   }

@@ -268,7 +268,7 @@ void scan_one(fs_batch_t* b, fs_batch_file& f, int meta_fd, int env_fd,
       set_error(f.result, r, "close", nullptr);
     }
   }
-  f.len = b->arena_len;
+  f.meta_end = b->arena_len;
 
   name.assign(f.path).append(".env");
   int r = lstat_env(b, env_fd, name, f);
@@ -286,7 +286,7 @@ void scan_meta(fs_batch_t* b) {
     if (b->stopping.load(std::memory_order_relaxed)) {
       f.result.error = UV_ECANCELED;
       f.env_result.error = UV_ECANCELED;
-      f.len = b->arena_len;
+      f.meta_end = b->arena_len;
       continue;
     }
     scan_one(b, f, meta_fd, env_fd, name);

@@ -121,18 +121,26 @@ void OnTeardown(napi_async_cleanup_hook_handle hook, void* arg) {
   for (Job* job : addon->jobs) job->Stop();
 }
 
-void SetProperty(napi_env env, napi_value obj, const char* key,
-                 const std::string& value) {
-  napi_value v;
-  napi_create_string_utf8(env, value.data(), value.size(), &v);
-  napi_set_named_property(env, obj, key, v);
+// The result builders below return false as soon as an N-API call fails,
+// leaving *out unset; see Settle for when that happens.
+#define TRY_NAPI(call)                   \
+  do {                                   \
+    if ((call) != napi_ok) return false; \
+  } while (0)
+
+bool SetString(napi_env env, napi_value obj, const char* key,
+               const std::string& value) {
+  napi_value v = nullptr;
+  TRY_NAPI(napi_create_string_utf8(env, value.data(), value.size(), &v));
+  TRY_NAPI(napi_set_named_property(env, obj, key, v));
+  return true;
 }
 
 // An Error shaped like Node's fs errors: the same message, and code,
 // errno, syscall, path and dest properties. The _r forms write into the
 // buffers given: the plain ones allocate, and never free, a string for
 // each errno libuv has no name for. errors.ts names those from errno.
-napi_value MakeFsError(napi_env env, const fs_result& r) {
+bool MakeFsError(napi_env env, const fs_result& r, napi_value* out) {
   char name[64];
   char text[256];
   uv_err_name_r(r.error, name, sizeof name);
@@ -143,122 +151,81 @@ napi_value MakeFsError(napi_env env, const fs_result& r) {
   if (!r.path.empty()) message += " '" + r.path + "'";
   if (!r.dest.empty()) message += " -> '" + r.dest + "'";
 
-  napi_value msg;
-  napi_value err;
-  napi_value errno_value;
-  napi_create_string_utf8(env, message.data(), message.size(), &msg);
-  napi_create_error(env, nullptr, msg, &err);
-  napi_create_int32(env, r.error, &errno_value);
-  napi_set_named_property(env, err, "errno", errno_value);
-  SetProperty(env, err, "code", code);
-  if (r.syscall != nullptr) SetProperty(env, err, "syscall", r.syscall);
-  if (!r.path.empty()) SetProperty(env, err, "path", r.path);
-  if (!r.dest.empty()) SetProperty(env, err, "dest", r.dest);
-  return err;
+  napi_value msg = nullptr;
+  napi_value err = nullptr;
+  napi_value errno_value = nullptr;
+  TRY_NAPI(napi_create_string_utf8(env, message.data(), message.size(), &msg));
+  TRY_NAPI(napi_create_error(env, nullptr, msg, &err));
+  TRY_NAPI(napi_create_int32(env, r.error, &errno_value));
+  TRY_NAPI(napi_set_named_property(env, err, "errno", errno_value));
+  if (!SetString(env, err, "code", code)) return false;
+  if (r.syscall != nullptr && !SetString(env, err, "syscall", r.syscall)) {
+    return false;
+  }
+  if (!r.path.empty() && !SetString(env, err, "path", r.path)) return false;
+  if (!r.dest.empty() && !SetString(env, err, "dest", r.dest)) return false;
+  *out = err;
+  return true;
 }
 
 constexpr size_t kCopyBelow = 4096;
 
-napi_value MakeFile(napi_env env, fs_batch_file& f) {
-  if (f.result.error != 0) return MakeFsError(env, f.result);
+bool MakeFile(napi_env env, fs_batch_file& f, napi_value* out) {
+  if (f.result.error != 0) return MakeFsError(env, f.result, out);
 
-  napi_value buf;
-  if (f.len == 0) {
-    void* data;
-    napi_create_buffer(env, 0, &data, &buf);
-    return buf;
-  }
+  if (f.len == 0) return napi_create_buffer(env, 0, nullptr, out) == napi_ok;
 
   // A small file is cheaper copied than handed over: an external
   // Buffer costs a finalizer and a backing store of its own, which a
   // scan of a million meta files would pay a million times.
+  void* copy = nullptr;
   if (f.len <= kCopyBelow) {
-    void* copy;
-    napi_create_buffer_copy(env, f.len, f.data, &copy, &buf);
-    return buf;
+    return napi_create_buffer_copy(env, f.len, f.data, &copy, out) == napi_ok;
   }
 
+  // Node takes the bytes once it has begun to make the Buffer, and frees
+  // them itself even when it then fails (napi_generic_failure); before
+  // that (any other status) they are still the batch's to free.
   auto release = [](napi_env, void* data, void*) { free(data); };
   napi_status s = napi_create_external_buffer(env, f.len, f.data, release,
-                                              nullptr, &buf);
-  if (s == napi_ok) {
-    f.data = nullptr;
-    return buf;
-  }
+                                              nullptr, out);
+  if (s == napi_ok || s == napi_generic_failure) f.data = nullptr;
+  if (s != napi_no_external_buffers_allowed) return s == napi_ok;
 
-  void* copy;
-  napi_create_buffer_copy(env, f.len, f.data, &copy, &buf);
-  return buf;
-}
-
-// Settles the job's promise inside a callback scope, so that promise
-// reactions and next ticks run now rather than whenever the loop next
-// enters JavaScript. Raw N-API with statuses ignored: when the worker is
-// being terminated these calls fail, and failing must not abort.
-template <typename Make>
-void Settle(Job* job, Make make) {
-  Addon* addon = job->addon;
-
-  // TODO: a promise left pending by teardown keeps its napi_deferred
-  // allocated: N-API frees one only by settling it, which is JavaScript.
-  if (addon->tearing_down) return;
-
-  napi_env env = addon->env;
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-
-  napi_value resource = nullptr;
-  napi_callback_scope callback_scope;
-  napi_get_reference_value(env, job->resource, &resource);
-  bool in_scope = resource != nullptr &&
-                  napi_open_callback_scope(env, resource, job->context,
-                                           &callback_scope) == napi_ok;
-
-  bool ok = true;
-  napi_value value = make(env, &ok);
-  if (ok) {
-    napi_resolve_deferred(env, job->deferred, value);
-  } else {
-    napi_reject_deferred(env, job->deferred, value);
-  }
-
-  if (in_scope) napi_close_callback_scope(env, callback_scope);
-  napi_close_handle_scope(env, scope);
-}
-
-void OnPlanDone(fs_chain_t* chain) {
-  std::unique_ptr<PlanJob> job(static_cast<PlanJob*>(chain->data));
-  Settle(job.get(), [&](napi_env env, bool* ok) {
-    napi_value value;
-    *ok = chain->result.error == 0;
-    if (*ok) {
-      napi_get_undefined(env, &value);
-    } else {
-      value = MakeFsError(env, chain->result);
-    }
-    return value;
-  });
+  // A runtime without external buffers (Electron) gets a copy.
+  return napi_create_buffer_copy(env, f.len, f.data, &copy, out) == napi_ok;
 }
 
 // { size, ctimeMs }, the two fields of fs.Stats that load() needs.
-napi_value MakeStat(napi_env env, const fs_batch_file& f) {
-  if (f.result.error != 0) return MakeFsError(env, f.result);
+bool MakeStat(napi_env env, const fs_batch_file& f, napi_value* out) {
+  if (f.result.error != 0) return MakeFsError(env, f.result, out);
 
-  napi_value obj;
-  napi_value size;
-  napi_value ctime;
-  napi_create_object(env, &obj);
-  napi_create_double(env, static_cast<double>(f.size), &size);
-  napi_create_double(env, f.ctime_ms, &ctime);
-  napi_set_named_property(env, obj, "size", size);
-  napi_set_named_property(env, obj, "ctimeMs", ctime);
-  return obj;
+  napi_value obj = nullptr;
+  napi_value size = nullptr;
+  napi_value ctime = nullptr;
+  TRY_NAPI(napi_create_object(env, &obj));
+  TRY_NAPI(napi_create_double(env, static_cast<double>(f.size), &size));
+  TRY_NAPI(napi_create_double(env, f.ctime_ms, &ctime));
+  TRY_NAPI(napi_set_named_property(env, obj, "size", size));
+  TRY_NAPI(napi_set_named_property(env, obj, "ctimeMs", ctime));
+  *out = obj;
+  return true;
 }
 
-bool IsArray(napi_env env, napi_value v) {
-  bool is_array = false;
-  napi_is_array(env, v, &is_array);
-  return is_array;
+// read: Array<Buffer | Error>; lstat: Array<{ size, ctimeMs } | Error>.
+bool MakeList(napi_env env, fs_batch_t* b, napi_value* out) {
+  napi_value list = nullptr;
+  TRY_NAPI(napi_create_array_with_length(env, b->files.size(), &list));
+  for (size_t i = 0; i < b->files.size(); i++) {
+    fs_batch_file& f = b->files[i];
+    napi_value item = nullptr;
+    bool made = b->op == FS_BATCH_READ ? MakeFile(env, f, &item)
+                                       : MakeStat(env, f, &item);
+    if (!made) return false;
+    TRY_NAPI(napi_set_element(env, list, i, item));
+  }
+  *out = list;
+  return true;
 }
 
 // [bytes, info, errors] for a scan of n messages, in a few values for
@@ -268,17 +235,20 @@ bool IsArray(napi_env env, napi_value v) {
 // meta bytes end in `bytes`, its env file's size and its ctime in ms;
 // `errors` is null, or holds the meta error of message i at 2i and its
 // env error at 2i + 1.
-napi_value MakeScan(napi_env env, fs_batch_t* b) {
+bool MakeScan(napi_env env, const fs_batch_t* b, napi_value* out) {
   size_t n = b->files.size();
-  napi_value bytes;
-  void* data;
-  napi_create_buffer_copy(env, b->arena_len, b->arena_len ? b->arena : "",
-                          &data, &bytes);
+  if (n > SIZE_MAX / (3 * sizeof(double))) return false;
 
-  napi_value info_buffer;
-  napi_value info;
-  void* raw;
-  napi_create_arraybuffer(env, 3 * n * sizeof(double), &raw, &info_buffer);
+  napi_value bytes = nullptr;
+  void* copied = nullptr;
+  TRY_NAPI(napi_create_buffer_copy(env, b->arena_len,
+                                   b->arena_len ? b->arena : "", &copied,
+                                   &bytes));
+
+  napi_value info_buffer = nullptr;
+  void* raw = nullptr;
+  TRY_NAPI(napi_create_arraybuffer(env, 3 * n * sizeof(double), &raw,
+                                   &info_buffer));
   double* numbers = static_cast<double*>(raw);
   for (size_t i = 0; i < n; i++) {
     const fs_batch_file& f = b->files[i];
@@ -286,71 +256,144 @@ napi_value MakeScan(napi_env env, fs_batch_t* b) {
     numbers[3 * i + 1] = static_cast<double>(f.size);
     numbers[3 * i + 2] = f.ctime_ms;
   }
-  napi_create_typedarray(env, napi_float64_array, 3 * n, info_buffer, 0,
-                         &info);
+  napi_value info = nullptr;
+  TRY_NAPI(napi_create_typedarray(env, napi_float64_array, 3 * n,
+                                  info_buffer, 0, &info));
 
-  napi_value errors;
-  napi_get_null(env, &errors);
+  napi_value errors = nullptr;
+  bool any_errors = false;
+  TRY_NAPI(napi_get_null(env, &errors));
   for (size_t i = 0; i < n; i++) {
     const fs_batch_file& f = b->files[i];
     if (f.result.error == 0 && f.env_result.error == 0) continue;
-    if (!IsArray(env, errors)) napi_create_array(env, &errors);
+    if (!any_errors) {
+      TRY_NAPI(napi_create_array(env, &errors));
+      any_errors = true;
+    }
+    napi_value err = nullptr;
     if (f.result.error != 0) {
-      napi_set_element(env, errors, 2 * i, MakeFsError(env, f.result));
+      if (!MakeFsError(env, f.result, &err)) return false;
+      TRY_NAPI(napi_set_element(env, errors, 2 * i, err));
     }
     if (f.env_result.error != 0) {
-      napi_set_element(env, errors, 2 * i + 1,
-                       MakeFsError(env, f.env_result));
+      if (!MakeFsError(env, f.env_result, &err)) return false;
+      TRY_NAPI(napi_set_element(env, errors, 2 * i + 1, err));
     }
   }
 
-  napi_value triple;
-  napi_create_array_with_length(env, 3, &triple);
-  napi_set_element(env, triple, 0, bytes);
-  napi_set_element(env, triple, 1, info);
-  napi_set_element(env, triple, 2, errors);
-  return triple;
+  napi_value triple = nullptr;
+  TRY_NAPI(napi_create_array_with_length(env, 3, &triple));
+  TRY_NAPI(napi_set_element(env, triple, 0, bytes));
+  TRY_NAPI(napi_set_element(env, triple, 1, info));
+  TRY_NAPI(napi_set_element(env, triple, 2, errors));
+  *out = triple;
+  return true;
+}
+
+// Settles the job's promise with what `make` builds, inside a callback
+// scope, so that promise reactions and next ticks run now rather than
+// whenever the loop next enters JavaScript.
+//
+// Any N-API call here may fail, so every status is checked. After
+// worker.terminate(), and while Node closes the handles of an ending
+// environment, the loop goes on running and jobs go on ending before
+// OnTeardown is called; JavaScript cannot run then, and every call that
+// would enter it fails with napi_pending_exception. A result that could
+// not be built whole is then not settled at all: the promise stays
+// pending where nothing can see it any more. When a call failed with an
+// exception instead (out of memory, say, while JavaScript still runs),
+// the promise is rejected with it, so that its caller is not left
+// waiting. No exception is left pending: it would fail the next call.
+template <typename Make>
+void Settle(Job* job, Make make) {
+  Addon* addon = job->addon;
+
+  // TODO: a promise left pending by teardown keeps its napi_deferred
+  // allocated: N-API frees one only by settling it, which is JavaScript.
+  if (addon->tearing_down) return;
+
+  napi_env env = addon->env;
+  napi_handle_scope scope = nullptr;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+
+  napi_value resource = nullptr;
+  napi_callback_scope callback_scope = nullptr;
+  bool in_scope =
+      napi_get_reference_value(env, job->resource, &resource) == napi_ok &&
+      resource != nullptr &&
+      napi_open_callback_scope(env, resource, job->context,
+                               &callback_scope) == napi_ok;
+
+  napi_value value = nullptr;
+  bool resolve = false;
+  if (!make(env, &value, &resolve)) {
+    value = nullptr;
+    resolve = false;
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) != napi_ok || !pending ||
+        napi_get_and_clear_last_exception(env, &value) != napi_ok) {
+      value = nullptr;
+    }
+  }
+  if (value != nullptr && resolve) {
+    napi_resolve_deferred(env, job->deferred, value);
+  } else if (value != nullptr) {
+    napi_reject_deferred(env, job->deferred, value);
+  }
+
+  // Settling fails only when JavaScript cannot run; it may leave an
+  // exception, which no one is left to hear.
+  napi_value ignored = nullptr;
+  napi_get_and_clear_last_exception(env, &ignored);
+
+  if (in_scope) napi_close_callback_scope(env, callback_scope);
+  napi_close_handle_scope(env, scope);
+}
+
+void OnPlanDone(fs_chain_t* chain) {
+  std::unique_ptr<PlanJob> job(static_cast<PlanJob*>(chain->data));
+  Settle(job.get(), [&](napi_env env, napi_value* value, bool* resolve) {
+    *resolve = chain->result.error == 0;
+    if (!*resolve) return MakeFsError(env, chain->result, value);
+    return napi_get_undefined(env, value) == napi_ok;
+  });
 }
 
 void OnBatchDone(fs_batch_t* batch) {
   std::unique_ptr<BatchJob> job(static_cast<BatchJob*>(batch->data));
-  Settle(job.get(), [&](napi_env env, bool* ok) {
-    if (batch->op == FS_BATCH_SCAN_META) {
-      *ok = true;
-      return MakeScan(env, batch);
-    }
-
-    napi_value list;
-    napi_create_array_with_length(env, batch->files.size(), &list);
-    for (size_t i = 0; i < batch->files.size(); i++) {
-      fs_batch_file& f = batch->files[i];
-      napi_value item = batch->op == FS_BATCH_READ ? MakeFile(env, f)
-                                                   : MakeStat(env, f);
-      napi_set_element(env, list, i, item);
-    }
-    *ok = true;
-    return list;
+  Settle(job.get(), [&](napi_env env, napi_value* value, bool* resolve) {
+    *resolve = true;
+    if (batch->op == FS_BATCH_SCAN_META) return MakeScan(env, batch, value);
+    return MakeList(env, batch, value);
   });
+}
+
+// [after, generation]; see SyncDir.
+bool MakeSyncDirResult(napi_env env, const dir_sync_wait* wait,
+                       napi_value* out) {
+  napi_value pair = nullptr;
+  napi_value after = nullptr;
+  napi_value generation = nullptr;
+  TRY_NAPI(napi_create_array_with_length(env, 2, &pair));
+  TRY_NAPI(napi_create_double(env, static_cast<double>(wait->after), &after));
+  TRY_NAPI(napi_create_double(env, static_cast<double>(wait->generation),
+                              &generation));
+  TRY_NAPI(napi_set_element(env, pair, 0, after));
+  TRY_NAPI(napi_set_element(env, pair, 1, generation));
+  *out = pair;
+  return true;
 }
 
 void OnSyncDirDone(dir_sync_wait* wait) {
   std::unique_ptr<SyncDirJob> job(static_cast<SyncDirJob*>(wait->data));
-  Settle(job.get(), [&](napi_env env, bool* ok) {
-    *ok = wait->result.error == 0;
-    if (!*ok) return MakeFsError(env, wait->result);
-
-    napi_value pair;
-    napi_value after;
-    napi_value generation;
-    napi_create_array_with_length(env, 2, &pair);
-    napi_create_double(env, static_cast<double>(wait->after), &after);
-    napi_create_double(env, static_cast<double>(wait->generation),
-                       &generation);
-    napi_set_element(env, pair, 0, after);
-    napi_set_element(env, pair, 1, generation);
-    return pair;
+  Settle(job.get(), [&](napi_env env, napi_value* value, bool* resolve) {
+    *resolve = wait->result.error == 0;
+    if (!*resolve) return MakeFsError(env, wait->result, value);
+    return MakeSyncDirResult(env, wait, value);
   });
 }
+
+#undef TRY_NAPI
 
 void ThrowInvalid(Napi::Env env, const std::string& message) {
   Napi::TypeError err = Napi::TypeError::New(env, message);
@@ -375,16 +418,45 @@ bool ToPath(Napi::Value v, const char* key, std::string* out) {
   return true;
 }
 
+// Reading arguments. Once worker.terminate() has been called, N-API
+// calls that would run JavaScript begin to fail, even in the middle of a
+// call into the addon, and without an exception JavaScript could see;
+// node-addon-api's getters then return empty values, which must not be
+// used. So values are read through these, which say when a call failed:
+// the caller then gives up, and the exception, if any, goes to
+// JavaScript.
+bool GetNamed(Napi::Object obj, const char* key, Napi::Value* out) {
+  napi_value v = nullptr;
+  if (napi_get_named_property(obj.Env(), obj, key, &v) != napi_ok) {
+    return false;
+  }
+  *out = Napi::Value(obj.Env(), v);
+  return true;
+}
+
+bool GetElement(Napi::Array arr, uint32_t i, Napi::Value* out) {
+  napi_value v = nullptr;
+  if (napi_get_element(arr.Env(), arr, i, &v) != napi_ok) return false;
+  *out = Napi::Value(arr.Env(), v);
+  return true;
+}
+
+// JavaScript's truthiness of `v`.
+bool ToBool(Napi::Value v, bool* out) {
+  napi_value b = nullptr;
+  return napi_coerce_to_bool(v.Env(), v, &b) == napi_ok &&
+         napi_get_value_bool(v.Env(), b, out) == napi_ok;
+}
+
 bool GetPath(Napi::Object obj, const char* key, std::string* out) {
-  Napi::Value v = obj.Get(key);
-  if (obj.Env().IsExceptionPending()) return false;
-  return ToPath(v, key, out);
+  Napi::Value v;
+  return GetNamed(obj, key, &v) && ToPath(v, key, out);
 }
 
 bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
   Napi::Env env = obj.Env();
-  Napi::Value v = obj.Get("bufs");
-  if (env.IsExceptionPending()) return false;
+  Napi::Value v;
+  if (!GetNamed(obj, "bufs", &v)) return false;
   if (!v.IsArray()) {
     ThrowInvalid(env, "step.bufs must be an array of Buffers");
     return false;
@@ -392,16 +464,16 @@ bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
 
   Napi::Array list = v.As<Napi::Array>();
   for (uint32_t i = 0; i < list.Length(); i++) {
-    Napi::Value b = list.Get(i);
-    if (env.IsExceptionPending()) return false;
+    Napi::Value b;
+    if (!GetElement(list, i, &b)) return false;
     if (!b.IsBuffer()) {
       ThrowInvalid(env, "step.bufs must be an array of Buffers");
       return false;
     }
 
-    void* data;
-    size_t len;
-    napi_ref ref;
+    void* data = nullptr;
+    size_t len = 0;
+    napi_ref ref = nullptr;
     if (napi_get_buffer_info(env, b, &data, &len) != napi_ok ||
         napi_create_reference(env, b, 1, &ref) != napi_ok) {
       ThrowInvalid(env, "step.bufs must be an array of Buffers");
@@ -425,9 +497,10 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
   }
 
   Napi::Object obj = v.As<Napi::Object>();
-  Napi::Value op_value = obj.Get("op");
-  if (env.IsExceptionPending()) return false;
-  std::string op = op_value.IsString() ? op_value.ToString().Utf8Value() : "";
+  Napi::Value op_value;
+  if (!GetNamed(obj, "op", &op_value)) return false;
+  std::string op =
+      op_value.IsString() ? op_value.As<Napi::String>().Utf8Value() : "";
 
   if (op == "write_tmp") {
     step->op = FS_CHAIN_WRITE_TMP;
@@ -440,10 +513,10 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
   }
   if (op == "unlink") {
     step->op = FS_CHAIN_UNLINK;
-    Napi::Value missing_ok = obj.Get("missingOk");
-    if (env.IsExceptionPending()) return false;
-    step->missing_ok = missing_ok.ToBoolean().Value();
-    return GetPath(obj, "path", &step->path);
+    Napi::Value missing_ok;
+    return GetNamed(obj, "missingOk", &missing_ok) &&
+           ToBool(missing_ok, &step->missing_ok) &&
+           GetPath(obj, "path", &step->path);
   }
   if (op == "sync_dir") {
     step->op = FS_CHAIN_SYNC_DIR;
@@ -460,16 +533,18 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
 // look like success to JavaScript, so an Error is thrown in its place.
 napi_value Begin(Napi::Env env, Job* job, const char* name) {
   Addon* addon = job->addon;
-  napi_value promise;
-  napi_value resource;
-  napi_value resource_name;
-  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
-      napi_create_object(env, &resource) != napi_ok ||
+  napi_value promise = nullptr;
+  napi_value resource = nullptr;
+  napi_value resource_name = nullptr;
+  // The promise comes last: a deferred that is never settled stays
+  // allocated, while the rest is freed with the job.
+  if (napi_create_object(env, &resource) != napi_ok ||
       napi_create_reference(env, resource, 1, &job->resource) != napi_ok ||
       napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH,
                               &resource_name) != napi_ok ||
       napi_async_init(env, resource, resource_name, &job->context) !=
-          napi_ok) {
+          napi_ok ||
+      napi_create_promise(env, &job->deferred, &promise) != napi_ok) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (!pending) {
@@ -537,13 +612,17 @@ Napi::Value CreateGate(const Napi::CallbackInfo& info) {
   auto collected = [](napi_env, void* data, void*) {
     fs_gate_let_go(&static_cast<Gate*>(data)->gate);
   };
-  napi_value external;
+  napi_value external = nullptr;
   if (napi_create_external(env, gate, collected, nullptr, &external) !=
       napi_ok) {
     delete gate;
     return Napi::Value();
   }
-  napi_type_tag_object(env, external, &kGateTag);
+  // Untagged, the object is no gate: it is dropped, and collecting it
+  // frees the gate.
+  if (napi_type_tag_object(env, external, &kGateTag) != napi_ok) {
+    return Napi::Value();
+  }
   return Napi::Value(env, external);
 }
 
@@ -566,18 +645,18 @@ Napi::Value RunPlan(const Napi::CallbackInfo& info) {
   Napi::Array steps = info[1].As<Napi::Array>();
   job->chain.steps.resize(steps.Length());
   for (uint32_t i = 0; i < steps.Length(); i++) {
-    Napi::Value step = steps.Get(i);
-    if (env.IsExceptionPending()) return Napi::Value();
+    Napi::Value step;
+    if (!GetElement(steps, i, &step)) return Napi::Value();
     if (!GetStep(step, job.get(), &job->chain.steps[i])) {
       return Napi::Value();
     }
   }
 
+  job->chain.group = &job->gate->syncs;
+  if (!ToBool(info[2], &job->chain.group_commit)) return Napi::Value();
+
   napi_value promise = Begin(env, job.get(), "slimta:run_plan");
   if (promise == nullptr) return Napi::Value();
-
-  job->chain.group = &job->gate->syncs;
-  job->chain.group_commit = info[2].ToBoolean().Value();
 
   PlanJob* running = job.release();
   fs_chain_start(LoopOf(env), &running->chain, OnPlanDone);
@@ -602,8 +681,8 @@ Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
   Napi::Array paths = info[1].As<Napi::Array>();
   job->batch.files.resize(paths.Length());
   for (uint32_t i = 0; i < paths.Length(); i++) {
-    Napi::Value path = paths.Get(i);
-    if (env.IsExceptionPending()) return Napi::Value();
+    Napi::Value path;
+    if (!GetElement(paths, i, &path)) return Napi::Value();
     if (!ToPath(path, "path", &job->batch.files[i].path)) {
       return Napi::Value();
     }
@@ -671,8 +750,8 @@ Napi::Value ScanMeta(const Napi::CallbackInfo& info) {
   Napi::Array ids = info[3].As<Napi::Array>();
   job->batch.files.resize(ids.Length());
   for (uint32_t i = 0; i < ids.Length(); i++) {
-    Napi::Value id = ids.Get(i);
-    if (env.IsExceptionPending()) return Napi::Value();
+    Napi::Value id;
+    if (!GetElement(ids, i, &id)) return Napi::Value();
     if (!ToId(id, &job->batch.files[i].path)) return Napi::Value();
   }
 
@@ -709,7 +788,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Addon* addon = new Addon();
   addon->env = env;
   env.SetInstanceData<Addon>(addon);
-  napi_add_async_cleanup_hook(env, OnTeardown, addon, &addon->hook);
+
+  // Without the hook, an environment could end while its jobs still run.
+  if (napi_add_async_cleanup_hook(env, OnTeardown, addon, &addon->hook) !=
+      napi_ok) {
+    Napi::Error::New(env, "slimta-diskstorage: no cleanup hook")
+        .ThrowAsJavaScriptException();
+    return exports;
+  }
 
   exports.Set("create_gate",
               Napi::Function::New(env, CreateGate, "create_gate"));

@@ -453,37 +453,66 @@ bool GetPath(Napi::Object obj, const char* key, std::string* out) {
   return GetNamed(obj, key, &v) && ToPath(v, key, out);
 }
 
-bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
-  Napi::Env env = obj.Env();
-  Napi::Value v;
-  if (!GetNamed(obj, "bufs", &v)) return false;
+// Converts the array `v` into `out`, one element at a time by `convert`.
+// The length is read once and `out` sized to it: a getter on an element
+// may grow or shrink the array while it is read, and what lies past the
+// first length is not read.
+template <typename T, typename Convert>
+bool GetArray(Napi::Value v, const char* not_array, std::vector<T>* out,
+              Convert convert) {
   if (!v.IsArray()) {
-    ThrowInvalid(env, "step.bufs must be an array of Buffers");
+    ThrowInvalid(v.Env(), not_array);
     return false;
   }
 
   Napi::Array list = v.As<Napi::Array>();
-  for (uint32_t i = 0; i < list.Length(); i++) {
-    Napi::Value b;
-    if (!GetElement(list, i, &b)) return false;
-    if (!b.IsBuffer()) {
-      ThrowInvalid(env, "step.bufs must be an array of Buffers");
+  uint32_t n = 0;
+  if (napi_get_array_length(v.Env(), list, &n) != napi_ok) return false;
+  out->resize(n);
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Value item;
+    if (!GetElement(list, i, &item) || !convert(item, &(*out)[i])) {
       return false;
     }
+  }
+  return true;
+}
 
+// The memory of one Buffer.
+struct Bytes {
+  char* data = nullptr;
+  size_t len = 0;
+};
+
+// The Buffers of a write_tmp step, each referenced by the job until it
+// ends, as uv_buf_t pointing into their memory.
+bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
+  constexpr const char* kNotBufs = "step.bufs must be an array of Buffers";
+  Napi::Env env = obj.Env();
+  auto to_bytes = [&](Napi::Value b, Bytes* bytes) {
     void* data = nullptr;
-    size_t len = 0;
     napi_ref ref = nullptr;
-    if (napi_get_buffer_info(env, b, &data, &len) != napi_ok ||
+    if (!b.IsBuffer() ||
+        napi_get_buffer_info(env, b, &data, &bytes->len) != napi_ok ||
         napi_create_reference(env, b, 1, &ref) != napi_ok) {
-      ThrowInvalid(env, "step.bufs must be an array of Buffers");
+      ThrowInvalid(env, kNotBufs);
       return false;
     }
     job->refs.push_back(ref);
+    bytes->data = static_cast<char*>(data);
+    return true;
+  };
 
+  Napi::Value v;
+  std::vector<Bytes> list;
+  if (!GetNamed(obj, "bufs", &v) || !GetArray(v, kNotBufs, &list, to_bytes)) {
+    return false;
+  }
+
+  for (const Bytes& bytes : list) {
     uv_buf_t buf;
-    buf.base = static_cast<char*>(data);
-    buf.len = len;
+    buf.base = bytes.data;
+    buf.len = bytes.len;
     step->bufs.push_back(buf);
   }
   return true;
@@ -637,19 +666,12 @@ Napi::Value RunPlan(const Napi::CallbackInfo& info) {
   job->chain.data = job.get();
   job->chain.gate = &job->gate->gate;
 
-  if (!info[1].IsArray()) {
-    ThrowInvalid(env, "steps must be an array");
+  auto to_step = [&](Napi::Value v, fs_chain_step* step) {
+    return GetStep(v, job.get(), step);
+  };
+  if (!GetArray(info[1], "steps must be an array", &job->chain.steps,
+                to_step)) {
     return Napi::Value();
-  }
-
-  Napi::Array steps = info[1].As<Napi::Array>();
-  job->chain.steps.resize(steps.Length());
-  for (uint32_t i = 0; i < steps.Length(); i++) {
-    Napi::Value step;
-    if (!GetElement(steps, i, &step)) return Napi::Value();
-    if (!GetStep(step, job.get(), &job->chain.steps[i])) {
-      return Napi::Value();
-    }
   }
 
   job->chain.group = &job->gate->syncs;
@@ -673,19 +695,12 @@ Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
   job->batch.data = job.get();
   job->batch.gate = &job->gate->gate;
 
-  if (!info[1].IsArray()) {
-    ThrowInvalid(env, "paths must be an array");
+  auto to_file = [](Napi::Value v, fs_batch_file* f) {
+    return ToPath(v, "path", &f->path);
+  };
+  if (!GetArray(info[1], "paths must be an array", &job->batch.files,
+                to_file)) {
     return Napi::Value();
-  }
-
-  Napi::Array paths = info[1].As<Napi::Array>();
-  job->batch.files.resize(paths.Length());
-  for (uint32_t i = 0; i < paths.Length(); i++) {
-    Napi::Value path;
-    if (!GetElement(paths, i, &path)) return Napi::Value();
-    if (!ToPath(path, "path", &job->batch.files[i].path)) {
-      return Napi::Value();
-    }
   }
 
   napi_value promise = Begin(env, job.get(), name);
@@ -742,17 +757,11 @@ Napi::Value ScanMeta(const Napi::CallbackInfo& info) {
       !ToPath(info[2], "envDir", &job->batch.env_dir)) {
     return Napi::Value();
   }
-  if (!info[3].IsArray()) {
-    ThrowInvalid(env, "ids must be an array");
+  auto to_id = [](Napi::Value v, fs_batch_file* f) {
+    return ToId(v, &f->path);
+  };
+  if (!GetArray(info[3], "ids must be an array", &job->batch.files, to_id)) {
     return Napi::Value();
-  }
-
-  Napi::Array ids = info[3].As<Napi::Array>();
-  job->batch.files.resize(ids.Length());
-  for (uint32_t i = 0; i < ids.Length(); i++) {
-    Napi::Value id;
-    if (!GetElement(ids, i, &id)) return Napi::Value();
-    if (!ToId(id, &job->batch.files[i].path)) return Napi::Value();
   }
 
   napi_value promise = Begin(env, job.get(), "slimta:scan_meta");

@@ -27,4 +27,19 @@ describe('raw binding', () => {
     assert.equal(r.signal, null, r.stderr);
     assert.equal(r.status, 0, r.stderr);
   });
+
+  // Each array was copied into one sized for its length as first read,
+  // then read up to its length as read again: out of bounds.
+  it('reads each array only up to the length it had before a getter grew it', () => {
+    const r = runFixture([path.join(FIXTURES, 'binding-growing.js'), dir()]);
+    assert.equal(r.signal, null, r.stderr);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), {
+      steps: 'step',
+      bufs: 'first',
+      read: ['contents'],
+      stat: [8],
+      scan: 3,
+    });
+  });
 });

@@ -6,7 +6,9 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <set>
 #include <string>
@@ -484,6 +486,11 @@ struct Bytes {
   size_t len = 0;
 };
 
+// uv_buf_t::len is a ULONG on Windows, so a Buffer longer than that goes
+// in as several uv_buf_t. Elsewhere it is a size_t: one each.
+constexpr size_t kMaxBufLen =
+    std::numeric_limits<decltype(uv_buf_t::len)>::max();
+
 // The Buffers of a write_tmp step, each referenced by the job until it
 // ends, as uv_buf_t pointing into their memory.
 bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
@@ -510,10 +517,15 @@ bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
   }
 
   for (const Bytes& bytes : list) {
-    uv_buf_t buf;
-    buf.base = bytes.data;
-    buf.len = bytes.len;
-    step->bufs.push_back(buf);
+    size_t offset = 0;
+    do {
+      size_t part = std::min(bytes.len - offset, kMaxBufLen);
+      uv_buf_t buf;
+      buf.base = bytes.data + offset;
+      buf.len = static_cast<decltype(buf.len)>(part);
+      step->bufs.push_back(buf);
+      offset += part;
+    } while (offset < bytes.len);
   }
   return true;
 }

@@ -8,10 +8,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "dir_sync.h"
 #include "fs_batch.h"
@@ -82,9 +86,10 @@ struct SyncDirJob : Job {
   void Stop() override {}
 };
 
-// Lets teardown go on. Removing the hook may drop the environment's
-// last reference and free the Addon, so the handle is cleared before,
-// never after.
+// Lets teardown go on, once. Node releases the environment, and with it
+// the Addon (its instance data), from an immediate rather than within
+// this call, so the Addon outlives it; but nothing may keep a pointer to
+// it past the callback that called this.
 void RemoveHook(Addon* addon) {
   napi_async_cleanup_hook_handle hook = addon->hook;
   if (hook == nullptr) return;
@@ -95,17 +100,16 @@ void RemoveHook(Addon* addon) {
 
 // Runs only once every request of the job has ended. Deleting a
 // reference or an async context calls no JavaScript, so this is safe
-// during teardown too.
+// during teardown too; were one to fail, it would only leak.
 Job::~Job() {
   napi_env env = addon->env;
   for (napi_ref ref : refs) napi_delete_reference(env, ref);
   if (context != nullptr) napi_async_destroy(env, context);
   if (resource != nullptr) napi_delete_reference(env, resource);
 
-  // The gate goes first: removing the hook may end the environment and
-  // free the Addon, after which nothing of it may be touched.
   if (gate != nullptr) fs_gate_let_go(&gate->gate);
 
+  // The last job to end in a teardown lets it go on.
   addon->jobs.erase(this);
   if (addon->tearing_down && addon->jobs.empty()) RemoveHook(addon);
 }
@@ -599,9 +603,13 @@ napi_value Begin(Napi::Env env, Job* job, const char* name) {
   return promise;
 }
 
+// The environment's loop, or null with an exception pending.
 uv_loop_t* LoopOf(Napi::Env env) {
   uv_loop_t* loop = nullptr;
-  napi_get_uv_event_loop(env, &loop);
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    napi_throw_error(env, nullptr, "slimta-diskstorage: no event loop");
+    return nullptr;
+  }
   return loop;
 }
 
@@ -641,11 +649,14 @@ Napi::Value CreateGate(const Napi::CallbackInfo& info) {
     return Napi::Value();
   }
 
+  uv_loop_t* loop = LoopOf(env);
+  if (loop == nullptr) return Napi::Value();
+
   Gate* gate = new Gate();
   gate->gate.cap = static_cast<size_t>(cap);
   gate->gate.data = gate;
   gate->gate.free_cb = FreeGate;
-  gate->syncs.loop = LoopOf(env);
+  gate->syncs.loop = loop;
   gate->syncs.gate = &gate->gate;
 
   // The object holds the gate once, from fs_gate_t's start; collecting
@@ -667,70 +678,82 @@ Napi::Value CreateGate(const Napi::CallbackInfo& info) {
   return Napi::Value(env, external);
 }
 
-// run_plan(gate, steps, groupCommit): Promise<void>
-Napi::Value RunPlan(const Napi::CallbackInfo& info) {
+// Starts one call of the binding as a job of type J: `setup` converts the
+// call's arguments into the job (false when one is bad, with an
+// exception pending), and `start` hands the job over to the native core,
+// whose callback ends it. Returns the call's promise.
+template <typename J, typename Setup, typename Start>
+Napi::Value StartJob(const Napi::CallbackInfo& info, const char* name,
+                     Setup setup, Start start) {
   Napi::Env env = info.Env();
 
-  // Owned here until the chain starts; on a bad argument it is freed
-  // with every reference taken so far.
-  auto job = std::make_unique<PlanJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->chain.data = job.get();
-  job->chain.gate = &job->gate->gate;
+  // Owned here until it starts; on a bad argument it is freed with every
+  // reference taken so far.
+  auto job = std::make_unique<J>();
+  if (!Attach(info[0], job.get()) || !setup(job.get())) return Napi::Value();
 
-  auto to_step = [&](Napi::Value v, fs_chain_step* step) {
-    return GetStep(v, job.get(), step);
-  };
-  if (!GetArray(info[1], "steps must be an array", &job->chain.steps,
-                to_step)) {
-    return Napi::Value();
-  }
-
-  job->chain.group = &job->gate->syncs;
-  if (!ToBool(info[2], &job->chain.group_commit)) return Napi::Value();
-
-  napi_value promise = Begin(env, job.get(), "slimta:run_plan");
-  if (promise == nullptr) return Napi::Value();
-
-  PlanJob* running = job.release();
-  fs_chain_start(LoopOf(env), &running->chain, OnPlanDone);
-  return Napi::Value(env, promise);
-}
-
-// Reads or lstats every path as one batch job.
-Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
-                     const char* name) {
-  Napi::Env env = info.Env();
-  auto job = std::make_unique<BatchJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->batch.op = op;
-  job->batch.data = job.get();
-  job->batch.gate = &job->gate->gate;
-
-  auto to_file = [](Napi::Value v, fs_batch_file* f) {
-    return ToPath(v, "path", &f->path);
-  };
-  if (!GetArray(info[1], "paths must be an array", &job->batch.files,
-                to_file)) {
-    return Napi::Value();
-  }
-
+  uv_loop_t* loop = LoopOf(env);
+  if (loop == nullptr) return Napi::Value();
   napi_value promise = Begin(env, job.get(), name);
   if (promise == nullptr) return Napi::Value();
 
-  BatchJob* running = job.release();
-  fs_batch_start(LoopOf(env), &running->batch, OnBatchDone);
+  start(loop, job.release());
   return Napi::Value(env, promise);
+}
+
+// A batch job of `op`, whose paths or ids `setup` fills in.
+template <typename Setup>
+Napi::Value StartBatch(const Napi::CallbackInfo& info, fs_batch_op op,
+                       const char* name, Setup setup) {
+  auto prepare = [&](BatchJob* job) {
+    job->batch.op = op;
+    job->batch.data = job;
+    job->batch.gate = &job->gate->gate;
+    return setup(&job->batch);
+  };
+  auto start = [](uv_loop_t* loop, BatchJob* job) {
+    fs_batch_start(loop, &job->batch, OnBatchDone);
+  };
+  return StartJob<BatchJob>(info, name, prepare, start);
+}
+
+// run_plan(gate, steps, groupCommit): Promise<void>
+Napi::Value RunPlan(const Napi::CallbackInfo& info) {
+  auto prepare = [&](PlanJob* job) {
+    job->chain.data = job;
+    job->chain.gate = &job->gate->gate;
+    job->chain.group = &job->gate->syncs;
+    auto to_step = [&](Napi::Value v, fs_chain_step* step) {
+      return GetStep(v, job, step);
+    };
+    return GetArray(info[1], "steps must be an array", &job->chain.steps,
+                    to_step) &&
+           ToBool(info[2], &job->chain.group_commit);
+  };
+  auto start = [](uv_loop_t* loop, PlanJob* job) {
+    fs_chain_start(loop, &job->chain, OnPlanDone);
+  };
+  return StartJob<PlanJob>(info, "slimta:run_plan", prepare, start);
+}
+
+// The paths of a read or lstat batch.
+bool GetPaths(Napi::Value v, fs_batch_t* batch) {
+  auto to_file = [](Napi::Value path, fs_batch_file* f) {
+    return ToPath(path, "path", &f->path);
+  };
+  return GetArray(v, "paths must be an array", &batch->files, to_file);
 }
 
 // read_files(gate, paths): Promise<Array<Buffer | Error>>
 Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
-  return RunBatch(info, FS_BATCH_READ, "slimta:read_files");
+  return StartBatch(info, FS_BATCH_READ, "slimta:read_files",
+                    [&](fs_batch_t* b) { return GetPaths(info[1], b); });
 }
 
 // stat_files(gate, paths): Promise<Array<{ size, ctimeMs } | Error>>
 Napi::Value StatFiles(const Napi::CallbackInfo& info) {
-  return RunBatch(info, FS_BATCH_LSTAT, "slimta:stat_files");
+  return StartBatch(info, FS_BATCH_LSTAT, "slimta:stat_files",
+                    [&](fs_batch_t* b) { return GetPaths(info[1], b); });
 }
 
 // A message id as scan_meta takes it: 32 lowercase hex digits, so that
@@ -758,51 +781,31 @@ bool ToId(Napi::Value v, std::string* out) {
 // the meta file of each id read and its env file lstat'ed, as one
 // batch job; see MakeScan for the shape.
 Napi::Value ScanMeta(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto job = std::make_unique<BatchJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->batch.op = FS_BATCH_SCAN_META;
-  job->batch.data = job.get();
-  job->batch.gate = &job->gate->gate;
-
-  if (!ToPath(info[1], "metaDir", &job->batch.dir) ||
-      !ToPath(info[2], "envDir", &job->batch.env_dir)) {
-    return Napi::Value();
-  }
   auto to_id = [](Napi::Value v, fs_batch_file* f) {
     return ToId(v, &f->path);
   };
-  if (!GetArray(info[3], "ids must be an array", &job->batch.files, to_id)) {
-    return Napi::Value();
-  }
-
-  napi_value promise = Begin(env, job.get(), "slimta:scan_meta");
-  if (promise == nullptr) return Napi::Value();
-
-  BatchJob* running = job.release();
-  fs_batch_start(LoopOf(env), &running->batch, OnBatchDone);
-  return Napi::Value(env, promise);
+  auto setup = [&](fs_batch_t* b) {
+    return ToPath(info[1], "metaDir", &b->dir) &&
+           ToPath(info[2], "envDir", &b->env_dir) &&
+           GetArray(info[3], "ids must be an array", &b->files, to_id);
+  };
+  return StartBatch(info, FS_BATCH_SCAN_META, "slimta:scan_meta", setup);
 }
 
 // sync_dir(gate, path): Promise<[after, generation]>, the shared
 // directory sync of run_plan on its own, with the generation numbers
-// that show which sync covered the call. For tests of the group commit.
+// that show which sync covered the call. Not used by the package: only
+// the group-commit tests call it.
 Napi::Value SyncDir(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto job = std::make_unique<SyncDirJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->wait.data = job.get();
-
   std::string path;
-  if (!ToPath(info[1], "path", &path)) return Napi::Value();
-
-  napi_value promise = Begin(env, job.get(), "slimta:sync_dir");
-  if (promise == nullptr) return Napi::Value();
-
-  SyncDirJob* running = job.release();
-  dir_sync_request(&running->gate->syncs, path, &running->wait,
-                   OnSyncDirDone);
-  return Napi::Value(env, promise);
+  auto prepare = [&](SyncDirJob* job) {
+    job->wait.data = job;
+    return ToPath(info[1], "path", &path);
+  };
+  auto start = [&](uv_loop_t*, SyncDirJob* job) {
+    dir_sync_request(&job->gate->syncs, path, &job->wait, OnSyncDirDone);
+  };
+  return StartJob<SyncDirJob>(info, "slimta:sync_dir", prepare, start);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -63,7 +63,12 @@ struct Job {
 
   // The Buffers written from. Referenced, not copied: the chain's
   // uv_buf_t point into their memory, so it must outlive the last
-  // request of the plan, even when JavaScript drops every Buffer.
+  // request of the plan, even when JavaScript drops every Buffer. A
+  // reference keeps the object, not the memory, which goes with the
+  // ArrayBuffer's backing store: an ArrayBuffer transferred or detached
+  // meanwhile may be freed under the chain. N-API offers no hold on the
+  // backing store and no way to refuse a detachable ArrayBuffer, so that
+  // is the caller's to avoid (see run_plan in src/native.ts).
   std::vector<napi_ref> refs;
 
   virtual ~Job();

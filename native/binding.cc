@@ -301,6 +301,17 @@ bool MakeScan(napi_env env, const fs_batch_t* b, napi_value* out) {
   return true;
 }
 
+// The exception a failed call left, now cleared; null when there is none.
+napi_value TakeException(napi_env env) {
+  bool pending = false;
+  napi_value exception = nullptr;
+  if (napi_is_exception_pending(env, &pending) != napi_ok || !pending ||
+      napi_get_and_clear_last_exception(env, &exception) != napi_ok) {
+    return nullptr;
+  }
+  return exception;
+}
+
 // Settles the job's promise with what `make` builds, inside a callback
 // scope, so that promise reactions and next ticks run now rather than
 // whenever the loop next enters JavaScript.
@@ -338,13 +349,8 @@ void Settle(Job* job, Make make) {
   napi_value value = nullptr;
   bool resolve = false;
   if (!make(env, &value, &resolve)) {
-    value = nullptr;
     resolve = false;
-    bool pending = false;
-    if (napi_is_exception_pending(env, &pending) != napi_ok || !pending ||
-        napi_get_and_clear_last_exception(env, &value) != napi_ok) {
-      value = nullptr;
-    }
+    value = TakeException(env);
   }
   if (value != nullptr && resolve) {
     napi_resolve_deferred(env, job->deferred, value);
@@ -352,10 +358,9 @@ void Settle(Job* job, Make make) {
     napi_reject_deferred(env, job->deferred, value);
   }
 
-  // Settling fails only when JavaScript cannot run; it may leave an
-  // exception, which no one is left to hear.
-  napi_value ignored = nullptr;
-  napi_get_and_clear_last_exception(env, &ignored);
+  // Settling fails only when JavaScript cannot run, and may leave an
+  // exception that no one is left to hear.
+  TakeException(env);
 
   if (in_scope) napi_close_callback_scope(env, callback_scope);
   napi_close_handle_scope(env, scope);

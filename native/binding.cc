@@ -6,10 +6,16 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "dir_sync.h"
 #include "fs_batch.h"
@@ -57,7 +63,12 @@ struct Job {
 
   // The Buffers written from. Referenced, not copied: the chain's
   // uv_buf_t point into their memory, so it must outlive the last
-  // request of the plan, even when JavaScript drops every Buffer.
+  // request of the plan, even when JavaScript drops every Buffer. A
+  // reference keeps the object, not the memory, which goes with the
+  // ArrayBuffer's backing store: an ArrayBuffer transferred or detached
+  // meanwhile may be freed under the chain. N-API offers no hold on the
+  // backing store and no way to refuse a detachable ArrayBuffer, so that
+  // is the caller's to avoid (see run_plan in src/native.ts).
   std::vector<napi_ref> refs;
 
   virtual ~Job();
@@ -80,9 +91,10 @@ struct SyncDirJob : Job {
   void Stop() override {}
 };
 
-// Lets teardown go on. Removing the hook may drop the environment's
-// last reference and free the Addon, so the handle is cleared before,
-// never after.
+// Lets teardown go on, once. Node releases the environment, and with it
+// the Addon (its instance data), from an immediate rather than within
+// this call, so the Addon outlives it; but nothing may keep a pointer to
+// it past the callback that called this.
 void RemoveHook(Addon* addon) {
   napi_async_cleanup_hook_handle hook = addon->hook;
   if (hook == nullptr) return;
@@ -93,17 +105,16 @@ void RemoveHook(Addon* addon) {
 
 // Runs only once every request of the job has ended. Deleting a
 // reference or an async context calls no JavaScript, so this is safe
-// during teardown too.
+// during teardown too; were one to fail, it would only leak.
 Job::~Job() {
   napi_env env = addon->env;
   for (napi_ref ref : refs) napi_delete_reference(env, ref);
   if (context != nullptr) napi_async_destroy(env, context);
   if (resource != nullptr) napi_delete_reference(env, resource);
 
-  // The gate goes first: removing the hook may end the environment and
-  // free the Addon, after which nothing of it may be touched.
   if (gate != nullptr) fs_gate_let_go(&gate->gate);
 
+  // The last job to end in a teardown lets it go on.
   addon->jobs.erase(this);
   if (addon->tearing_down && addon->jobs.empty()) RemoveHook(addon);
 }
@@ -121,18 +132,26 @@ void OnTeardown(napi_async_cleanup_hook_handle hook, void* arg) {
   for (Job* job : addon->jobs) job->Stop();
 }
 
-void SetProperty(napi_env env, napi_value obj, const char* key,
-                 const std::string& value) {
-  napi_value v;
-  napi_create_string_utf8(env, value.data(), value.size(), &v);
-  napi_set_named_property(env, obj, key, v);
+// The result builders below return false as soon as an N-API call fails,
+// leaving *out unset; see Settle for when that happens.
+#define TRY_NAPI(call)                   \
+  do {                                   \
+    if ((call) != napi_ok) return false; \
+  } while (0)
+
+bool SetString(napi_env env, napi_value obj, const char* key,
+               const std::string& value) {
+  napi_value v = nullptr;
+  TRY_NAPI(napi_create_string_utf8(env, value.data(), value.size(), &v));
+  TRY_NAPI(napi_set_named_property(env, obj, key, v));
+  return true;
 }
 
 // An Error shaped like Node's fs errors: the same message, and code,
 // errno, syscall, path and dest properties. The _r forms write into the
 // buffers given: the plain ones allocate, and never free, a string for
 // each errno libuv has no name for. errors.ts names those from errno.
-napi_value MakeFsError(napi_env env, const fs_result& r) {
+bool MakeFsError(napi_env env, const fs_result& r, napi_value* out) {
   char name[64];
   char text[256];
   uv_err_name_r(r.error, name, sizeof name);
@@ -143,122 +162,81 @@ napi_value MakeFsError(napi_env env, const fs_result& r) {
   if (!r.path.empty()) message += " '" + r.path + "'";
   if (!r.dest.empty()) message += " -> '" + r.dest + "'";
 
-  napi_value msg;
-  napi_value err;
-  napi_value errno_value;
-  napi_create_string_utf8(env, message.data(), message.size(), &msg);
-  napi_create_error(env, nullptr, msg, &err);
-  napi_create_int32(env, r.error, &errno_value);
-  napi_set_named_property(env, err, "errno", errno_value);
-  SetProperty(env, err, "code", code);
-  if (r.syscall != nullptr) SetProperty(env, err, "syscall", r.syscall);
-  if (!r.path.empty()) SetProperty(env, err, "path", r.path);
-  if (!r.dest.empty()) SetProperty(env, err, "dest", r.dest);
-  return err;
+  napi_value msg = nullptr;
+  napi_value err = nullptr;
+  napi_value errno_value = nullptr;
+  TRY_NAPI(napi_create_string_utf8(env, message.data(), message.size(), &msg));
+  TRY_NAPI(napi_create_error(env, nullptr, msg, &err));
+  TRY_NAPI(napi_create_int32(env, r.error, &errno_value));
+  TRY_NAPI(napi_set_named_property(env, err, "errno", errno_value));
+  if (!SetString(env, err, "code", code)) return false;
+  if (r.syscall != nullptr && !SetString(env, err, "syscall", r.syscall)) {
+    return false;
+  }
+  if (!r.path.empty() && !SetString(env, err, "path", r.path)) return false;
+  if (!r.dest.empty() && !SetString(env, err, "dest", r.dest)) return false;
+  *out = err;
+  return true;
 }
 
 constexpr size_t kCopyBelow = 4096;
 
-napi_value MakeFile(napi_env env, fs_batch_file& f) {
-  if (f.result.error != 0) return MakeFsError(env, f.result);
+bool MakeFile(napi_env env, fs_batch_file& f, napi_value* out) {
+  if (f.result.error != 0) return MakeFsError(env, f.result, out);
 
-  napi_value buf;
-  if (f.len == 0) {
-    void* data;
-    napi_create_buffer(env, 0, &data, &buf);
-    return buf;
-  }
+  if (f.len == 0) return napi_create_buffer(env, 0, nullptr, out) == napi_ok;
 
   // A small file is cheaper copied than handed over: an external
   // Buffer costs a finalizer and a backing store of its own, which a
   // scan of a million meta files would pay a million times.
+  void* copy = nullptr;
   if (f.len <= kCopyBelow) {
-    void* copy;
-    napi_create_buffer_copy(env, f.len, f.data, &copy, &buf);
-    return buf;
+    return napi_create_buffer_copy(env, f.len, f.data, &copy, out) == napi_ok;
   }
 
+  // Node takes the bytes once it has begun to make the Buffer, and frees
+  // them itself even when it then fails (napi_generic_failure); before
+  // that (any other status) they are still the batch's to free.
   auto release = [](napi_env, void* data, void*) { free(data); };
   napi_status s = napi_create_external_buffer(env, f.len, f.data, release,
-                                              nullptr, &buf);
-  if (s == napi_ok) {
-    f.data = nullptr;
-    return buf;
-  }
+                                              nullptr, out);
+  if (s == napi_ok || s == napi_generic_failure) f.data = nullptr;
+  if (s != napi_no_external_buffers_allowed) return s == napi_ok;
 
-  void* copy;
-  napi_create_buffer_copy(env, f.len, f.data, &copy, &buf);
-  return buf;
-}
-
-// Settles the job's promise inside a callback scope, so that promise
-// reactions and next ticks run now rather than whenever the loop next
-// enters JavaScript. Raw N-API with statuses ignored: when the worker is
-// being terminated these calls fail, and failing must not abort.
-template <typename Make>
-void Settle(Job* job, Make make) {
-  Addon* addon = job->addon;
-
-  // TODO: a promise left pending by teardown keeps its napi_deferred
-  // allocated: N-API frees one only by settling it, which is JavaScript.
-  if (addon->tearing_down) return;
-
-  napi_env env = addon->env;
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-
-  napi_value resource = nullptr;
-  napi_callback_scope callback_scope;
-  napi_get_reference_value(env, job->resource, &resource);
-  bool in_scope = resource != nullptr &&
-                  napi_open_callback_scope(env, resource, job->context,
-                                           &callback_scope) == napi_ok;
-
-  bool ok = true;
-  napi_value value = make(env, &ok);
-  if (ok) {
-    napi_resolve_deferred(env, job->deferred, value);
-  } else {
-    napi_reject_deferred(env, job->deferred, value);
-  }
-
-  if (in_scope) napi_close_callback_scope(env, callback_scope);
-  napi_close_handle_scope(env, scope);
-}
-
-void OnPlanDone(fs_chain_t* chain) {
-  std::unique_ptr<PlanJob> job(static_cast<PlanJob*>(chain->data));
-  Settle(job.get(), [&](napi_env env, bool* ok) {
-    napi_value value;
-    *ok = chain->result.error == 0;
-    if (*ok) {
-      napi_get_undefined(env, &value);
-    } else {
-      value = MakeFsError(env, chain->result);
-    }
-    return value;
-  });
+  // A runtime without external buffers (Electron) gets a copy.
+  return napi_create_buffer_copy(env, f.len, f.data, &copy, out) == napi_ok;
 }
 
 // { size, ctimeMs }, the two fields of fs.Stats that load() needs.
-napi_value MakeStat(napi_env env, const fs_batch_file& f) {
-  if (f.result.error != 0) return MakeFsError(env, f.result);
+bool MakeStat(napi_env env, const fs_batch_file& f, napi_value* out) {
+  if (f.result.error != 0) return MakeFsError(env, f.result, out);
 
-  napi_value obj;
-  napi_value size;
-  napi_value ctime;
-  napi_create_object(env, &obj);
-  napi_create_double(env, static_cast<double>(f.size), &size);
-  napi_create_double(env, f.ctime_ms, &ctime);
-  napi_set_named_property(env, obj, "size", size);
-  napi_set_named_property(env, obj, "ctimeMs", ctime);
-  return obj;
+  napi_value obj = nullptr;
+  napi_value size = nullptr;
+  napi_value ctime = nullptr;
+  TRY_NAPI(napi_create_object(env, &obj));
+  TRY_NAPI(napi_create_double(env, static_cast<double>(f.size), &size));
+  TRY_NAPI(napi_create_double(env, f.ctime_ms, &ctime));
+  TRY_NAPI(napi_set_named_property(env, obj, "size", size));
+  TRY_NAPI(napi_set_named_property(env, obj, "ctimeMs", ctime));
+  *out = obj;
+  return true;
 }
 
-bool IsArray(napi_env env, napi_value v) {
-  bool is_array = false;
-  napi_is_array(env, v, &is_array);
-  return is_array;
+// read: Array<Buffer | Error>; lstat: Array<{ size, ctimeMs } | Error>.
+bool MakeList(napi_env env, fs_batch_t* b, napi_value* out) {
+  napi_value list = nullptr;
+  TRY_NAPI(napi_create_array_with_length(env, b->files.size(), &list));
+  for (size_t i = 0; i < b->files.size(); i++) {
+    fs_batch_file& f = b->files[i];
+    napi_value item = nullptr;
+    bool made = b->op == FS_BATCH_READ ? MakeFile(env, f, &item)
+                                       : MakeStat(env, f, &item);
+    if (!made) return false;
+    TRY_NAPI(napi_set_element(env, list, i, item));
+  }
+  *out = list;
+  return true;
 }
 
 // [bytes, info, errors] for a scan of n messages, in a few values for
@@ -268,89 +246,170 @@ bool IsArray(napi_env env, napi_value v) {
 // meta bytes end in `bytes`, its env file's size and its ctime in ms;
 // `errors` is null, or holds the meta error of message i at 2i and its
 // env error at 2i + 1.
-napi_value MakeScan(napi_env env, fs_batch_t* b) {
+bool MakeScan(napi_env env, const fs_batch_t* b, napi_value* out) {
   size_t n = b->files.size();
-  napi_value bytes;
-  void* data;
-  napi_create_buffer_copy(env, b->arena_len, b->arena_len ? b->arena : "",
-                          &data, &bytes);
+  if (n > SIZE_MAX / (3 * sizeof(double))) return false;
 
-  napi_value info_buffer;
-  napi_value info;
-  void* raw;
-  napi_create_arraybuffer(env, 3 * n * sizeof(double), &raw, &info_buffer);
+  napi_value bytes = nullptr;
+  void* copied = nullptr;
+  TRY_NAPI(napi_create_buffer_copy(env, b->arena_len,
+                                   b->arena_len ? b->arena : "", &copied,
+                                   &bytes));
+
+  napi_value info_buffer = nullptr;
+  void* raw = nullptr;
+  TRY_NAPI(napi_create_arraybuffer(env, 3 * n * sizeof(double), &raw,
+                                   &info_buffer));
   double* numbers = static_cast<double*>(raw);
   for (size_t i = 0; i < n; i++) {
     const fs_batch_file& f = b->files[i];
-    numbers[3 * i] = static_cast<double>(f.len);
+    numbers[3 * i] = static_cast<double>(f.meta_end);
     numbers[3 * i + 1] = static_cast<double>(f.size);
     numbers[3 * i + 2] = f.ctime_ms;
   }
-  napi_create_typedarray(env, napi_float64_array, 3 * n, info_buffer, 0,
-                         &info);
+  napi_value info = nullptr;
+  TRY_NAPI(napi_create_typedarray(env, napi_float64_array, 3 * n,
+                                  info_buffer, 0, &info));
 
-  napi_value errors;
-  napi_get_null(env, &errors);
+  napi_value errors = nullptr;
+  bool any_errors = false;
+  TRY_NAPI(napi_get_null(env, &errors));
   for (size_t i = 0; i < n; i++) {
     const fs_batch_file& f = b->files[i];
     if (f.result.error == 0 && f.env_result.error == 0) continue;
-    if (!IsArray(env, errors)) napi_create_array(env, &errors);
+    if (!any_errors) {
+      TRY_NAPI(napi_create_array(env, &errors));
+      any_errors = true;
+    }
+    napi_value err = nullptr;
     if (f.result.error != 0) {
-      napi_set_element(env, errors, 2 * i, MakeFsError(env, f.result));
+      if (!MakeFsError(env, f.result, &err)) return false;
+      TRY_NAPI(napi_set_element(env, errors, 2 * i, err));
     }
     if (f.env_result.error != 0) {
-      napi_set_element(env, errors, 2 * i + 1,
-                       MakeFsError(env, f.env_result));
+      if (!MakeFsError(env, f.env_result, &err)) return false;
+      TRY_NAPI(napi_set_element(env, errors, 2 * i + 1, err));
     }
   }
 
-  napi_value triple;
-  napi_create_array_with_length(env, 3, &triple);
-  napi_set_element(env, triple, 0, bytes);
-  napi_set_element(env, triple, 1, info);
-  napi_set_element(env, triple, 2, errors);
-  return triple;
+  napi_value triple = nullptr;
+  TRY_NAPI(napi_create_array_with_length(env, 3, &triple));
+  TRY_NAPI(napi_set_element(env, triple, 0, bytes));
+  TRY_NAPI(napi_set_element(env, triple, 1, info));
+  TRY_NAPI(napi_set_element(env, triple, 2, errors));
+  *out = triple;
+  return true;
+}
+
+// The exception a failed call left, now cleared; null when there is none.
+napi_value TakeException(napi_env env) {
+  bool pending = false;
+  napi_value exception = nullptr;
+  if (napi_is_exception_pending(env, &pending) != napi_ok || !pending ||
+      napi_get_and_clear_last_exception(env, &exception) != napi_ok) {
+    return nullptr;
+  }
+  return exception;
+}
+
+// Settles the job's promise with what `make` builds, inside a callback
+// scope, so that promise reactions and next ticks run now rather than
+// whenever the loop next enters JavaScript.
+//
+// Any N-API call here may fail, so every status is checked. After
+// worker.terminate(), and while Node closes the handles of an ending
+// environment, the loop goes on running and jobs go on ending before
+// OnTeardown is called; JavaScript cannot run then, and every call that
+// would enter it fails with napi_pending_exception. A result that could
+// not be built whole is then not settled at all: the promise stays
+// pending where nothing can see it any more. When a call failed with an
+// exception instead (out of memory, say, while JavaScript still runs),
+// the promise is rejected with it, so that its caller is not left
+// waiting. No exception is left pending: it would fail the next call.
+template <typename Make>
+void Settle(Job* job, Make make) {
+  Addon* addon = job->addon;
+
+  // TODO: a promise left pending by teardown keeps its napi_deferred
+  // allocated: N-API frees one only by settling it, which is JavaScript.
+  if (addon->tearing_down) return;
+
+  napi_env env = addon->env;
+  napi_handle_scope scope = nullptr;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+
+  napi_value resource = nullptr;
+  napi_callback_scope callback_scope = nullptr;
+  bool in_scope =
+      napi_get_reference_value(env, job->resource, &resource) == napi_ok &&
+      resource != nullptr &&
+      napi_open_callback_scope(env, resource, job->context,
+                               &callback_scope) == napi_ok;
+
+  napi_value value = nullptr;
+  bool resolve = false;
+  if (!make(env, &value, &resolve)) {
+    resolve = false;
+    value = TakeException(env);
+  }
+  if (value != nullptr && resolve) {
+    napi_resolve_deferred(env, job->deferred, value);
+  } else if (value != nullptr) {
+    napi_reject_deferred(env, job->deferred, value);
+  }
+
+  // Settling fails only when JavaScript cannot run, and may leave an
+  // exception that no one is left to hear.
+  TakeException(env);
+
+  if (in_scope) napi_close_callback_scope(env, callback_scope);
+  napi_close_handle_scope(env, scope);
+}
+
+void OnPlanDone(fs_chain_t* chain) {
+  std::unique_ptr<PlanJob> job(static_cast<PlanJob*>(chain->data));
+  Settle(job.get(), [&](napi_env env, napi_value* value, bool* resolve) {
+    *resolve = chain->result.error == 0;
+    if (!*resolve) return MakeFsError(env, chain->result, value);
+    return napi_get_undefined(env, value) == napi_ok;
+  });
 }
 
 void OnBatchDone(fs_batch_t* batch) {
   std::unique_ptr<BatchJob> job(static_cast<BatchJob*>(batch->data));
-  Settle(job.get(), [&](napi_env env, bool* ok) {
-    if (batch->op == FS_BATCH_SCAN_META) {
-      *ok = true;
-      return MakeScan(env, batch);
-    }
-
-    napi_value list;
-    napi_create_array_with_length(env, batch->files.size(), &list);
-    for (size_t i = 0; i < batch->files.size(); i++) {
-      fs_batch_file& f = batch->files[i];
-      napi_value item = batch->op == FS_BATCH_READ ? MakeFile(env, f)
-                                                   : MakeStat(env, f);
-      napi_set_element(env, list, i, item);
-    }
-    *ok = true;
-    return list;
+  Settle(job.get(), [&](napi_env env, napi_value* value, bool* resolve) {
+    *resolve = true;
+    if (batch->op == FS_BATCH_SCAN_META) return MakeScan(env, batch, value);
+    return MakeList(env, batch, value);
   });
+}
+
+// [after, generation]; see SyncDir.
+bool MakeSyncDirResult(napi_env env, const dir_sync_wait* wait,
+                       napi_value* out) {
+  napi_value pair = nullptr;
+  napi_value after = nullptr;
+  napi_value generation = nullptr;
+  TRY_NAPI(napi_create_array_with_length(env, 2, &pair));
+  TRY_NAPI(napi_create_double(env, static_cast<double>(wait->after), &after));
+  TRY_NAPI(napi_create_double(env, static_cast<double>(wait->generation),
+                              &generation));
+  TRY_NAPI(napi_set_element(env, pair, 0, after));
+  TRY_NAPI(napi_set_element(env, pair, 1, generation));
+  *out = pair;
+  return true;
 }
 
 void OnSyncDirDone(dir_sync_wait* wait) {
   std::unique_ptr<SyncDirJob> job(static_cast<SyncDirJob*>(wait->data));
-  Settle(job.get(), [&](napi_env env, bool* ok) {
-    *ok = wait->result.error == 0;
-    if (!*ok) return MakeFsError(env, wait->result);
-
-    napi_value pair;
-    napi_value after;
-    napi_value generation;
-    napi_create_array_with_length(env, 2, &pair);
-    napi_create_double(env, static_cast<double>(wait->after), &after);
-    napi_create_double(env, static_cast<double>(wait->generation),
-                       &generation);
-    napi_set_element(env, pair, 0, after);
-    napi_set_element(env, pair, 1, generation);
-    return pair;
+  Settle(job.get(), [&](napi_env env, napi_value* value, bool* resolve) {
+    *resolve = wait->result.error == 0;
+    if (!*resolve) return MakeFsError(env, wait->result, value);
+    return MakeSyncDirResult(env, wait, value);
   });
 }
+
+#undef TRY_NAPI
 
 void ThrowInvalid(Napi::Env env, const std::string& message) {
   Napi::TypeError err = Napi::TypeError::New(env, message);
@@ -375,44 +434,112 @@ bool ToPath(Napi::Value v, const char* key, std::string* out) {
   return true;
 }
 
-bool GetPath(Napi::Object obj, const char* key, std::string* out) {
-  Napi::Value v = obj.Get(key);
-  if (obj.Env().IsExceptionPending()) return false;
-  return ToPath(v, key, out);
+// Reading arguments. Once worker.terminate() has been called, N-API
+// calls that would run JavaScript begin to fail, even in the middle of a
+// call into the addon, and without an exception JavaScript could see;
+// node-addon-api's getters then return empty values, which must not be
+// used. So values are read through these, which say when a call failed:
+// the caller then gives up, and the exception, if any, goes to
+// JavaScript.
+bool GetNamed(Napi::Object obj, const char* key, Napi::Value* out) {
+  napi_value v = nullptr;
+  if (napi_get_named_property(obj.Env(), obj, key, &v) != napi_ok) {
+    return false;
+  }
+  *out = Napi::Value(obj.Env(), v);
+  return true;
 }
 
-bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
-  Napi::Env env = obj.Env();
-  Napi::Value v = obj.Get("bufs");
-  if (env.IsExceptionPending()) return false;
+bool GetElement(Napi::Array arr, uint32_t i, Napi::Value* out) {
+  napi_value v = nullptr;
+  if (napi_get_element(arr.Env(), arr, i, &v) != napi_ok) return false;
+  *out = Napi::Value(arr.Env(), v);
+  return true;
+}
+
+// JavaScript's truthiness of `v`.
+bool ToBool(Napi::Value v, bool* out) {
+  napi_value b = nullptr;
+  return napi_coerce_to_bool(v.Env(), v, &b) == napi_ok &&
+         napi_get_value_bool(v.Env(), b, out) == napi_ok;
+}
+
+bool GetPath(Napi::Object obj, const char* key, std::string* out) {
+  Napi::Value v;
+  return GetNamed(obj, key, &v) && ToPath(v, key, out);
+}
+
+// Converts the array `v` into `out`, one element at a time by `convert`.
+// The length is read once and `out` sized to it: a getter on an element
+// may grow or shrink the array while it is read, and what lies past the
+// first length is not read.
+template <typename T, typename Convert>
+bool GetArray(Napi::Value v, const char* not_array, std::vector<T>* out,
+              Convert convert) {
   if (!v.IsArray()) {
-    ThrowInvalid(env, "step.bufs must be an array of Buffers");
+    ThrowInvalid(v.Env(), not_array);
     return false;
   }
 
   Napi::Array list = v.As<Napi::Array>();
-  for (uint32_t i = 0; i < list.Length(); i++) {
-    Napi::Value b = list.Get(i);
-    if (env.IsExceptionPending()) return false;
-    if (!b.IsBuffer()) {
-      ThrowInvalid(env, "step.bufs must be an array of Buffers");
+  uint32_t n = 0;
+  if (napi_get_array_length(v.Env(), list, &n) != napi_ok) return false;
+  out->resize(n);
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Value item;
+    if (!GetElement(list, i, &item) || !convert(item, &(*out)[i])) {
       return false;
     }
+  }
+  return true;
+}
 
-    void* data;
-    size_t len;
-    napi_ref ref;
-    if (napi_get_buffer_info(env, b, &data, &len) != napi_ok ||
+// The memory of one Buffer.
+struct Bytes {
+  char* data = nullptr;
+  size_t len = 0;
+};
+
+// uv_buf_t::len is a ULONG on Windows, so a Buffer longer than that goes
+// in as several uv_buf_t. Elsewhere it is a size_t: one each.
+constexpr size_t kMaxBufLen =
+    std::numeric_limits<decltype(uv_buf_t::len)>::max();
+
+// The Buffers of a write_tmp step, each referenced by the job until it
+// ends, as uv_buf_t pointing into their memory.
+bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
+  constexpr const char* kNotBufs = "step.bufs must be an array of Buffers";
+  Napi::Env env = obj.Env();
+  auto to_bytes = [&](Napi::Value b, Bytes* bytes) {
+    void* data = nullptr;
+    napi_ref ref = nullptr;
+    if (!b.IsBuffer() ||
+        napi_get_buffer_info(env, b, &data, &bytes->len) != napi_ok ||
         napi_create_reference(env, b, 1, &ref) != napi_ok) {
-      ThrowInvalid(env, "step.bufs must be an array of Buffers");
+      ThrowInvalid(env, kNotBufs);
       return false;
     }
     job->refs.push_back(ref);
+    bytes->data = static_cast<char*>(data);
+    return true;
+  };
 
-    uv_buf_t buf;
-    buf.base = static_cast<char*>(data);
-    buf.len = len;
-    step->bufs.push_back(buf);
+  Napi::Value v;
+  std::vector<Bytes> list;
+  if (!GetNamed(obj, "bufs", &v) || !GetArray(v, kNotBufs, &list, to_bytes)) {
+    return false;
+  }
+
+  for (const Bytes& bytes : list) {
+    size_t offset = 0;
+    do {
+      size_t part = std::min(bytes.len - offset, kMaxBufLen);
+      uv_buf_t buf;
+      buf.base = bytes.data + offset;
+      buf.len = static_cast<decltype(buf.len)>(part);
+      step->bufs.push_back(buf);
+      offset += part;
+    } while (offset < bytes.len);
   }
   return true;
 }
@@ -425,9 +552,10 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
   }
 
   Napi::Object obj = v.As<Napi::Object>();
-  Napi::Value op_value = obj.Get("op");
-  if (env.IsExceptionPending()) return false;
-  std::string op = op_value.IsString() ? op_value.ToString().Utf8Value() : "";
+  Napi::Value op_value;
+  if (!GetNamed(obj, "op", &op_value)) return false;
+  std::string op =
+      op_value.IsString() ? op_value.As<Napi::String>().Utf8Value() : "";
 
   if (op == "write_tmp") {
     step->op = FS_CHAIN_WRITE_TMP;
@@ -440,10 +568,10 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
   }
   if (op == "unlink") {
     step->op = FS_CHAIN_UNLINK;
-    Napi::Value missing_ok = obj.Get("missingOk");
-    if (env.IsExceptionPending()) return false;
-    step->missing_ok = missing_ok.ToBoolean().Value();
-    return GetPath(obj, "path", &step->path);
+    Napi::Value missing_ok;
+    return GetNamed(obj, "missingOk", &missing_ok) &&
+           ToBool(missing_ok, &step->missing_ok) &&
+           GetPath(obj, "path", &step->path);
   }
   if (op == "sync_dir") {
     step->op = FS_CHAIN_SYNC_DIR;
@@ -460,16 +588,18 @@ bool GetStep(Napi::Value v, Job* job, fs_chain_step* step) {
 // look like success to JavaScript, so an Error is thrown in its place.
 napi_value Begin(Napi::Env env, Job* job, const char* name) {
   Addon* addon = job->addon;
-  napi_value promise;
-  napi_value resource;
-  napi_value resource_name;
-  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok ||
-      napi_create_object(env, &resource) != napi_ok ||
+  napi_value promise = nullptr;
+  napi_value resource = nullptr;
+  napi_value resource_name = nullptr;
+  // The promise comes last: a deferred that is never settled stays
+  // allocated, while the rest is freed with the job.
+  if (napi_create_object(env, &resource) != napi_ok ||
       napi_create_reference(env, resource, 1, &job->resource) != napi_ok ||
       napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH,
                               &resource_name) != napi_ok ||
       napi_async_init(env, resource, resource_name, &job->context) !=
-          napi_ok) {
+          napi_ok ||
+      napi_create_promise(env, &job->deferred, &promise) != napi_ok) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
     if (!pending) {
@@ -483,9 +613,13 @@ napi_value Begin(Napi::Env env, Job* job, const char* name) {
   return promise;
 }
 
+// The environment's loop, or null with an exception pending.
 uv_loop_t* LoopOf(Napi::Env env) {
   uv_loop_t* loop = nullptr;
-  napi_get_uv_event_loop(env, &loop);
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    napi_throw_error(env, nullptr, "slimta-diskstorage: no event loop");
+    return nullptr;
+  }
   return loop;
 }
 
@@ -525,11 +659,14 @@ Napi::Value CreateGate(const Napi::CallbackInfo& info) {
     return Napi::Value();
   }
 
+  uv_loop_t* loop = LoopOf(env);
+  if (loop == nullptr) return Napi::Value();
+
   Gate* gate = new Gate();
   gate->gate.cap = static_cast<size_t>(cap);
   gate->gate.data = gate;
   gate->gate.free_cb = FreeGate;
-  gate->syncs.loop = LoopOf(env);
+  gate->syncs.loop = loop;
   gate->syncs.gate = &gate->gate;
 
   // The object holds the gate once, from fs_gate_t's start; collecting
@@ -537,94 +674,96 @@ Napi::Value CreateGate(const Napi::CallbackInfo& info) {
   auto collected = [](napi_env, void* data, void*) {
     fs_gate_let_go(&static_cast<Gate*>(data)->gate);
   };
-  napi_value external;
+  napi_value external = nullptr;
   if (napi_create_external(env, gate, collected, nullptr, &external) !=
       napi_ok) {
     delete gate;
     return Napi::Value();
   }
-  napi_type_tag_object(env, external, &kGateTag);
+  // Untagged, the object is no gate: it is dropped, and collecting it
+  // frees the gate.
+  if (napi_type_tag_object(env, external, &kGateTag) != napi_ok) {
+    return Napi::Value();
+  }
   return Napi::Value(env, external);
+}
+
+// Starts one call of the binding as a job of type J: `setup` converts the
+// call's arguments into the job (false when one is bad, with an
+// exception pending), and `start` hands the job over to the native core,
+// whose callback ends it. Returns the call's promise.
+template <typename J, typename Setup, typename Start>
+Napi::Value StartJob(const Napi::CallbackInfo& info, const char* name,
+                     Setup setup, Start start) {
+  Napi::Env env = info.Env();
+
+  // Owned here until it starts; on a bad argument it is freed with every
+  // reference taken so far.
+  auto job = std::make_unique<J>();
+  if (!Attach(info[0], job.get()) || !setup(job.get())) return Napi::Value();
+
+  uv_loop_t* loop = LoopOf(env);
+  if (loop == nullptr) return Napi::Value();
+  napi_value promise = Begin(env, job.get(), name);
+  if (promise == nullptr) return Napi::Value();
+
+  start(loop, job.release());
+  return Napi::Value(env, promise);
+}
+
+// A batch job of `op`, whose paths or ids `setup` fills in.
+template <typename Setup>
+Napi::Value StartBatch(const Napi::CallbackInfo& info, fs_batch_op op,
+                       const char* name, Setup setup) {
+  auto prepare = [&](BatchJob* job) {
+    job->batch.op = op;
+    job->batch.data = job;
+    job->batch.gate = &job->gate->gate;
+    return setup(&job->batch);
+  };
+  auto start = [](uv_loop_t* loop, BatchJob* job) {
+    fs_batch_start(loop, &job->batch, OnBatchDone);
+  };
+  return StartJob<BatchJob>(info, name, prepare, start);
 }
 
 // run_plan(gate, steps, groupCommit): Promise<void>
 Napi::Value RunPlan(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-
-  // Owned here until the chain starts; on a bad argument it is freed
-  // with every reference taken so far.
-  auto job = std::make_unique<PlanJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->chain.data = job.get();
-  job->chain.gate = &job->gate->gate;
-
-  if (!info[1].IsArray()) {
-    ThrowInvalid(env, "steps must be an array");
-    return Napi::Value();
-  }
-
-  Napi::Array steps = info[1].As<Napi::Array>();
-  job->chain.steps.resize(steps.Length());
-  for (uint32_t i = 0; i < steps.Length(); i++) {
-    Napi::Value step = steps.Get(i);
-    if (env.IsExceptionPending()) return Napi::Value();
-    if (!GetStep(step, job.get(), &job->chain.steps[i])) {
-      return Napi::Value();
-    }
-  }
-
-  napi_value promise = Begin(env, job.get(), "slimta:run_plan");
-  if (promise == nullptr) return Napi::Value();
-
-  job->chain.group = &job->gate->syncs;
-  job->chain.group_commit = info[2].ToBoolean().Value();
-
-  PlanJob* running = job.release();
-  fs_chain_start(LoopOf(env), &running->chain, OnPlanDone);
-  return Napi::Value(env, promise);
+  auto prepare = [&](PlanJob* job) {
+    job->chain.data = job;
+    job->chain.gate = &job->gate->gate;
+    job->chain.group = &job->gate->syncs;
+    auto to_step = [&](Napi::Value v, fs_chain_step* step) {
+      return GetStep(v, job, step);
+    };
+    return GetArray(info[1], "steps must be an array", &job->chain.steps,
+                    to_step) &&
+           ToBool(info[2], &job->chain.group_commit);
+  };
+  auto start = [](uv_loop_t* loop, PlanJob* job) {
+    fs_chain_start(loop, &job->chain, OnPlanDone);
+  };
+  return StartJob<PlanJob>(info, "slimta:run_plan", prepare, start);
 }
 
-// Reads or lstats every path as one batch job.
-Napi::Value RunBatch(const Napi::CallbackInfo& info, fs_batch_op op,
-                     const char* name) {
-  Napi::Env env = info.Env();
-  auto job = std::make_unique<BatchJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->batch.op = op;
-  job->batch.data = job.get();
-  job->batch.gate = &job->gate->gate;
-
-  if (!info[1].IsArray()) {
-    ThrowInvalid(env, "paths must be an array");
-    return Napi::Value();
-  }
-
-  Napi::Array paths = info[1].As<Napi::Array>();
-  job->batch.files.resize(paths.Length());
-  for (uint32_t i = 0; i < paths.Length(); i++) {
-    Napi::Value path = paths.Get(i);
-    if (env.IsExceptionPending()) return Napi::Value();
-    if (!ToPath(path, "path", &job->batch.files[i].path)) {
-      return Napi::Value();
-    }
-  }
-
-  napi_value promise = Begin(env, job.get(), name);
-  if (promise == nullptr) return Napi::Value();
-
-  BatchJob* running = job.release();
-  fs_batch_start(LoopOf(env), &running->batch, OnBatchDone);
-  return Napi::Value(env, promise);
+// The paths of a read or lstat batch.
+bool GetPaths(Napi::Value v, fs_batch_t* batch) {
+  auto to_file = [](Napi::Value path, fs_batch_file* f) {
+    return ToPath(path, "path", &f->path);
+  };
+  return GetArray(v, "paths must be an array", &batch->files, to_file);
 }
 
 // read_files(gate, paths): Promise<Array<Buffer | Error>>
 Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
-  return RunBatch(info, FS_BATCH_READ, "slimta:read_files");
+  return StartBatch(info, FS_BATCH_READ, "slimta:read_files",
+                    [&](fs_batch_t* b) { return GetPaths(info[1], b); });
 }
 
 // stat_files(gate, paths): Promise<Array<{ size, ctimeMs } | Error>>
 Napi::Value StatFiles(const Napi::CallbackInfo& info) {
-  return RunBatch(info, FS_BATCH_LSTAT, "slimta:stat_files");
+  return StartBatch(info, FS_BATCH_LSTAT, "slimta:stat_files",
+                    [&](fs_batch_t* b) { return GetPaths(info[1], b); });
 }
 
 // A message id as scan_meta takes it: 32 lowercase hex digits, so that
@@ -652,64 +791,45 @@ bool ToId(Napi::Value v, std::string* out) {
 // the meta file of each id read and its env file lstat'ed, as one
 // batch job; see MakeScan for the shape.
 Napi::Value ScanMeta(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto job = std::make_unique<BatchJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->batch.op = FS_BATCH_SCAN_META;
-  job->batch.data = job.get();
-  job->batch.gate = &job->gate->gate;
-
-  if (!ToPath(info[1], "metaDir", &job->batch.dir) ||
-      !ToPath(info[2], "envDir", &job->batch.env_dir)) {
-    return Napi::Value();
-  }
-  if (!info[3].IsArray()) {
-    ThrowInvalid(env, "ids must be an array");
-    return Napi::Value();
-  }
-
-  Napi::Array ids = info[3].As<Napi::Array>();
-  job->batch.files.resize(ids.Length());
-  for (uint32_t i = 0; i < ids.Length(); i++) {
-    Napi::Value id = ids.Get(i);
-    if (env.IsExceptionPending()) return Napi::Value();
-    if (!ToId(id, &job->batch.files[i].path)) return Napi::Value();
-  }
-
-  napi_value promise = Begin(env, job.get(), "slimta:scan_meta");
-  if (promise == nullptr) return Napi::Value();
-
-  BatchJob* running = job.release();
-  fs_batch_start(LoopOf(env), &running->batch, OnBatchDone);
-  return Napi::Value(env, promise);
+  auto to_id = [](Napi::Value v, fs_batch_file* f) {
+    return ToId(v, &f->path);
+  };
+  auto setup = [&](fs_batch_t* b) {
+    return ToPath(info[1], "metaDir", &b->dir) &&
+           ToPath(info[2], "envDir", &b->env_dir) &&
+           GetArray(info[3], "ids must be an array", &b->files, to_id);
+  };
+  return StartBatch(info, FS_BATCH_SCAN_META, "slimta:scan_meta", setup);
 }
 
 // sync_dir(gate, path): Promise<[after, generation]>, the shared
 // directory sync of run_plan on its own, with the generation numbers
-// that show which sync covered the call. For tests of the group commit.
+// that show which sync covered the call. Not used by the package: only
+// the group-commit tests call it.
 Napi::Value SyncDir(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto job = std::make_unique<SyncDirJob>();
-  if (!Attach(info[0], job.get())) return Napi::Value();
-  job->wait.data = job.get();
-
   std::string path;
-  if (!ToPath(info[1], "path", &path)) return Napi::Value();
-
-  napi_value promise = Begin(env, job.get(), "slimta:sync_dir");
-  if (promise == nullptr) return Napi::Value();
-
-  SyncDirJob* running = job.release();
-  dir_sync_request(&running->gate->syncs, path, &running->wait,
-                   OnSyncDirDone);
-  return Napi::Value(env, promise);
+  auto prepare = [&](SyncDirJob* job) {
+    job->wait.data = job;
+    return ToPath(info[1], "path", &path);
+  };
+  auto start = [&](uv_loop_t*, SyncDirJob* job) {
+    dir_sync_request(&job->gate->syncs, path, &job->wait, OnSyncDirDone);
+  };
+  return StartJob<SyncDirJob>(info, "slimta:sync_dir", prepare, start);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Addon* addon = new Addon();
   addon->env = env;
   env.SetInstanceData<Addon>(addon);
-  napi_add_async_cleanup_hook(env, OnTeardown, addon, &addon->hook);
+
+  // Without the hook, an environment could end while its jobs still run.
+  if (napi_add_async_cleanup_hook(env, OnTeardown, addon, &addon->hook) !=
+      napi_ok) {
+    Napi::Error::New(env, "slimta-diskstorage: no cleanup hook")
+        .ThrowAsJavaScriptException();
+    return exports;
+  }
 
   exports.Set("create_gate",
               Napi::Function::New(env, CreateGate, "create_gate"));

@@ -87,14 +87,17 @@ bool reserve(byte_buf* out, size_t need) {
 int read_all(fs_batch_t* b, uv_file fd, byte_buf* out, const char** syscall) {
   uv_fs_t req;
   int r = uv_fs_fstat(b->loop, &req, fd, nullptr);
+  if (r < 0) {
+    uv_fs_req_cleanup(&req);
+    *syscall = "fstat";
+    return r;
+  }
+
+  // statbuf is filled in only when fstat succeeded.
   uint64_t mode = req.statbuf.st_mode;
   bool regular = S_ISREG(mode);
   uint64_t size = req.statbuf.st_size;
   uv_fs_req_cleanup(&req);
-  if (r < 0) {
-    *syscall = "fstat";
-    return r;
-  }
 
   *syscall = "read";
   if (!regular && !S_ISDIR(mode)) return UV_EINVAL;
@@ -265,7 +268,7 @@ void scan_one(fs_batch_t* b, fs_batch_file& f, int meta_fd, int env_fd,
       set_error(f.result, r, "close", nullptr);
     }
   }
-  f.len = b->arena_len;
+  f.meta_end = b->arena_len;
 
   name.assign(f.path).append(".env");
   int r = lstat_env(b, env_fd, name, f);
@@ -283,7 +286,7 @@ void scan_meta(fs_batch_t* b) {
     if (b->stopping.load(std::memory_order_relaxed)) {
       f.result.error = UV_ECANCELED;
       f.env_result.error = UV_ECANCELED;
-      f.len = b->arena_len;
+      f.meta_end = b->arena_len;
       continue;
     }
     scan_one(b, f, meta_fd, env_fd, name);

@@ -33,11 +33,14 @@ struct fs_batch_file {
   // read, lstat: the path. scan: the message id.
   std::string path;
 
-  // read: the contents, from malloc(); whoever takes them sets data to
-  // null. scan: where the meta file's bytes end in the batch's arena
-  // (they start where the previous file's end).
+  // read: the contents, from malloc(), and their length; whoever takes
+  // them sets data to null.
   char* data = nullptr;
   size_t len = 0;
+
+  // scan: the offset in the batch's arena at which the meta file's bytes
+  // end; they start where the previous file's end, or at 0.
+  size_t meta_end = 0;
 
   // lstat, scan (of the env file): the size, and the status change time
   // in milliseconds.

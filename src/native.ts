@@ -18,6 +18,17 @@ export type RawGate = object & { readonly __gate: unique symbol };
 /** What the addon exports; never public. */
 export interface RawBinding {
   create_gate(maxInFlight: number): RawGate;
+  /**
+   * Writes from each step's Buffers in place, on a pool thread, until the
+   * promise settles. The addon keeps the Buffers alive, but not their
+   * memory: N-API offers no hold on an ArrayBuffer's backing store. So
+   * until then the caller must not transfer any of their ArrayBuffers
+   * (postMessage or structuredClone with a transfer list,
+   * ArrayBuffer.prototype.transfer where it exists) nor detach them: that
+   * hands their memory to another owner, which may free it while it is
+   * written from.
+   * DiskStorage passes only Buffers it made and holds alone.
+   */
   run_plan(gate: RawGate, steps: Step[], groupCommit: boolean): Promise<void>;
   read_files(
     gate: RawGate,
@@ -63,7 +74,8 @@ let loadError: Error | null = null;
  * Runs plans as one chain of libuv requests in the addon, returning to
  * JavaScript once per plan. The Buffers of a plan are written from in
  * place, not copied: changing one before the promise settles changes
- * what is written.
+ * what is written, and transferring or detaching its ArrayBuffer before
+ * then may have freed memory written (see {@link RawBinding.run_plan}).
  *
  * Every request passes the backend's gate in the addon, which keeps the
  * backend within {@link BackendOptions.maxInFlight} pool threads; with

@@ -124,11 +124,16 @@ void close_dir(dir_syncer* s) {
 }
 
 // 2: fsync the directory: every name made in it before this call
-// started is durable once it returns.
+// started is durable once it returns. A failure is counted in the group
+// at once, for chains whose names it may have cost (see dir_sync.h).
 void on_fsync(uv_fs_t* req) {
   dir_syncer* s = syncer_of(req);
   ssize_t r = end_req(s);
-  if (r < 0) set_error(s, r, "fsync", false);
+  if (r < 0) {
+    set_error(s, r, "fsync", true);
+    s->group->failed_fsyncs++;
+    s->group->last_failure = s->result;
+  }
 
   close_dir(s);
 }
@@ -144,7 +149,7 @@ void fsync_now(fs_gate_turn* turn) {
   if (r == 0) return;
 
   not_submitted(s);
-  set_error(s, r, "fsync", false);
+  set_error(s, r, "fsync", true);
   close_dir(s);
 }
 

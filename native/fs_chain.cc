@@ -105,6 +105,14 @@ bool go_on(fs_chain_t* c) {
   return false;
 }
 
+// Called as a link, rename or unlink is submitted: from the first one
+// on, a failed fsync of the group may cost the chain a name.
+void changing_names(fs_chain_t* c) {
+  if (c->changed_names) return;
+  c->changed_names = true;
+  c->failed_fsyncs_seen = c->group->failed_fsyncs;
+}
+
 void forget_tmp(fs_chain_t* c, const std::string& name) {
   auto& names = c->tmp_names;
   names.erase(std::remove(names.begin(), names.end(), name), names.end());
@@ -272,6 +280,7 @@ void on_publish_link(uv_fs_t* req) {
 
 void publish(fs_chain_t* c) {
   fs_chain_step& s = current(c);
+  changing_names(c);
   int r = uv_fs_link(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
                      on_publish_link);
   if (r < 0) not_queued(c, r, "link", &s.path, &s.dest);
@@ -310,6 +319,7 @@ void on_replace(uv_fs_t* req) {
 
 void replace(fs_chain_t* c) {
   fs_chain_step& s = current(c);
+  changing_names(c);
   int r = uv_fs_rename(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
                        on_replace);
   if (r < 0) not_queued(c, r, "rename", &s.path, &s.dest);
@@ -329,6 +339,7 @@ void on_unlink(uv_fs_t* req) {
 
 void unlink_step(fs_chain_t* c) {
   fs_chain_step& s = current(c);
+  changing_names(c);
   int r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(), on_unlink);
   if (r < 0) not_queued(c, r, "unlink", &s.path);
 }
@@ -341,14 +352,24 @@ void unlink_step(fs_chain_t* c) {
 // with other chains under group commit, else one sync per step.
 // Waiting holds no slot of the gate: the sync takes one for everyone
 // it covers.
+// A failed fsync of the group since the chain's first name change may
+// have dropped that change unwritten while a later fsync, this one too,
+// succeeds (see dir_sync.h): the step then fails with the group's last
+// failure, which is surely one of those.
 // TODO: Windows cannot open or fsync a directory; this step fails there
 // until a platform file decides what sync_dir means on it.
+void fail_with(fs_chain_t* c, const fs_result& r) {
+  const std::string* path = r.path.empty() ? nullptr : &r.path;
+  fail(c, r.error, r.syscall, path);
+}
+
 void on_dir_synced(dir_sync_wait* w) {
   fs_chain_t* c = static_cast<fs_chain_t*>(w->data);
-  const fs_result& r = w->result;
-  if (r.error < 0) {
-    const std::string* path = r.path.empty() ? nullptr : &r.path;
-    return fail(c, r.error, r.syscall, path);
+  if (w->result.error < 0) return fail_with(c, w->result);
+
+  const dir_sync_group_t* g = c->group;
+  if (c->changed_names && g->failed_fsyncs > c->failed_fsyncs_seen) {
+    return fail_with(c, g->last_failure);
   }
 
   next_step(c);

@@ -58,9 +58,12 @@ struct fs_chain_t {
   // until the chain's callback has run.
   fs_gate_t* gate = nullptr;
 
-  // The directory syncs of the chain's store (see dir_sync.h). With
-  // group_commit, sync_dir steps share syncs with the other chains of
-  // the group; without, each step syncs alone.
+  // The directory syncs of the chain's store (see dir_sync.h); required.
+  // With group_commit, sync_dir steps share syncs with the other chains
+  // of the group; without, each step syncs alone. Either way a sync_dir
+  // step fails when any fsync of the group failed after the chain
+  // submitted its first link, rename or unlink, even if the step's own
+  // sync succeeded: that fsync may have cost the chain's names.
   dir_sync_group_t* group = nullptr;
   bool group_commit = false;
 
@@ -83,6 +86,8 @@ struct fs_chain_t {
   std::vector<std::string> tmp_names;
   std::vector<std::string> published;
   std::vector<std::string> undo;
+  bool changed_names = false;
+  uint64_t failed_fsyncs_seen = 0;
   bool stopping = false;
   bool failed = false;
 };

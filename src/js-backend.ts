@@ -455,9 +455,11 @@ function ioError(syscall: string): NodeJS.ErrnoException {
 }
 
 // Nothing of a failed plan may stay: tmp files still under their tmp
-// name and names it published are unlinked, errors ignored.
+// name and names it published are unlinked, errors ignored. As in the
+// native chain, the name published last goes first, so that a kill
+// half-way never leaves a meta without its env.
 async function undo(gate: Limiter, made: Made): Promise<void> {
-  for (const name of [...made.tmpNames, ...made.published]) {
+  for (const name of [...made.tmpNames, ...made.published].reverse()) {
     await gate.run(() => fs.unlink(name)).catch(() => undefined);
   }
 }

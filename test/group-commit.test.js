@@ -14,6 +14,7 @@ const { BACKENDS, useTempDir } = require('./helpers');
 const root = path.join(__dirname, '..');
 const WRITER = path.join(__dirname, 'fixtures', 'group-commit-writer.js');
 const PLANS = path.join(__dirname, 'fixtures', 'group-commit-plans.js');
+const FAILED_WRITE = path.join(__dirname, 'fixtures', 'failed-write-plan.js');
 const FAULT_WRITER = path.join(
   __dirname, 'fixtures', 'group-commit-fault-writer.js',
 );
@@ -401,6 +402,39 @@ describe('group commit', () => {
           });
         }
       }
+    });
+
+    describe(`the undo of a plan (${io})`, function () {
+      this.timeout(120000);
+      const dir = useTempDir();
+
+      before(function () {
+        if (!hasStrace) {
+          console.log('    (skipped: strace is not installed)');
+          this.skip();
+        }
+      });
+
+      // As a write's: a kill between the two unlinks must not leave a
+      // meta without its env.
+      it('unlinks the name published last first when the last sync fails', () => {
+        for (const sub of ['env', 'meta', 'tmp']) {
+          fs.mkdirSync(path.join(dir(), sub));
+        }
+        const t = traceFault(dir(), 2, 'fsync,unlink,openat',
+          [FAILED_WRITE, dir(), io]);
+        assert.deepEqual(t.out, { ok: false, code: 'EIO', syscall: 'fsync' });
+
+        const failed = t.calls.find((c) => c.name === 'fsync' && !c.ok);
+        assert.ok(failed.args.includes(`<${path.join(dir(), 'meta')}>)`));
+        const undone = t.calls
+          .filter((c) => c.name === 'unlink' && c.start > failed.end)
+          .map((c) => path.relative(dir(), /^"([^"]+)"/.exec(c.args)[1]));
+        assert.deepEqual(undone, ['meta/m', 'env/e']);
+        for (const sub of ['env', 'meta', 'tmp']) {
+          assert.deepEqual(fs.readdirSync(path.join(dir(), sub)), []);
+        }
+      });
     });
   }
 });

@@ -60,7 +60,8 @@ struct dir_sync_wait {
 
   // Valid in the callback: how the covering sync ended, the generation
   // of the last fsync submitted when the wait began, and the generation
-  // of the fsync that covered it, always greater.
+  // of the fsync that covered it: greater than `after`, or 0 when the
+  // sync failed before its fsync was tried (its open failed).
   fs_result result;
   uint64_t after = 0;
   uint64_t generation = 0;

@@ -60,22 +60,17 @@ fs_chain_step& current(fs_chain_t* c) {
 }
 
 // Every request ends here, so every uv_fs_t is cleaned up exactly once
-// and its slot of the gate given back.
+// and its slot of the gate given back; so does one that could not even
+// be queued, which never calls back.
 ssize_t end_req(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t result = req->result;
-  uv_fs_req_cleanup(req);
-  fs_gate_leave(c->gate);
-  return result;
+  return fs_gate_end_req(chain_of(req)->gate, req);
 }
 
-// A request that could not even be queued never calls back: end it
-// here and fail the step with its error.
+// A step whose request could not be queued fails with its error.
 void not_queued(fs_chain_t* c, int err, const char* syscall,
                 const std::string* path,
                 const std::string* dest = nullptr) {
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
+  end_req(&c->req);
   fail(c, err, syscall, path, dest);
 }
 
@@ -407,21 +402,27 @@ void on_close_after_failure(uv_fs_t* req) {
   start_undo(c);
 }
 
+// A close that cannot be queued is made at once, on the loop's thread,
+// rather than leave the fd open.
 void close_after_failure(fs_chain_t* c) {
   uv_file fd = c->fd;
   c->fd = -1;
   int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
   if (r == 0) return;
 
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
+  end_req(&c->req);
+  uv_fs_t now;
+  uv_fs_close(c->loop, &now, fd, nullptr);
+  uv_fs_req_cleanup(&now);
   start_undo(c);
 }
 
 // Undo, 2: unlink what the plan made. The operation is reported as
 // failed, so nothing of it may stay: tmp files still under their tmp
-// name, and names it published. Errors are ignored; undo is best effort
-// and the first error is the one the caller must see.
+// name, and names it published. They go from the back of the list, the
+// name published last first, so that a kill half-way never leaves a
+// meta without its env. Errors are ignored; undo is best effort and the
+// first error is the one the caller must see.
 void start_undo(fs_chain_t* c) {
   c->undo = c->tmp_names;
   c->undo.insert(c->undo.end(), c->published.begin(), c->published.end());
@@ -442,8 +443,7 @@ void unlink_undo(fs_chain_t* c) {
   int r = uv_fs_unlink(c->loop, req_of(c), name, on_undo);
   if (r == 0) return;
 
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
+  end_req(&c->req);
   c->undo.pop_back();
   undo_next(c);
 }
@@ -465,8 +465,6 @@ void done(fs_chain_t* c) {
 void fs_chain_start(uv_loop_t* loop, fs_chain_t* c, fs_chain_cb cb) {
   c->loop = loop;
   c->cb = cb;
-  c->step = 0;
-  c->result = fs_result();
   run_step(c);
 }
 

@@ -95,11 +95,16 @@ struct fs_chain_t {
 // Runs every step in order and then calls cb once, on the loop's thread.
 // On the first failure the chain closes its open file, unlinks the tmp
 // files and published names it created, and reports the failing call.
+// A chain runs once: start a fresh fs_chain_t, never one that has run.
 void fs_chain_start(uv_loop_t* loop, fs_chain_t* chain, fs_chain_cb cb);
 
-// Asks a running chain to start no further step: the request in flight
-// ends, then the chain undoes its work as on failure (error UV_ECANCELED)
-// and calls cb as usual.
+// Asks a running chain to start no further step. What is under way ends
+// first: the request in flight, or the directory sync the chain waits
+// for, which cannot be cut short. If that completed the plan (it was
+// the last request or sync, and it succeeded), the chain reports
+// success; else it undoes its work as on failure, with that request's
+// error or UV_ECANCELED, and calls cb as usual. A chain stopped while
+// it waits for its turn at the gate goes straight to its undo.
 void fs_chain_stop(fs_chain_t* chain);
 
 #endif

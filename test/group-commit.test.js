@@ -380,6 +380,10 @@ describe('group commit', () => {
 
             const failed = t.calls.filter((c) => c.name === 'fsync' && !c.ok);
             assert.equal(failed.length, 1);
+            const resolved = t.out.results.filter((r) => r.ok).map((r) => r.id);
+            const lost = resolved.flatMap((id) => notDurable(t, dir(), id));
+            assert.deepEqual(lost, []);
+
             const rejected = t.out.results.filter((r) => !r.ok);
             assert.ok(rejected.length >= 1, 'no write failed');
             const dirs = ['env', 'meta'].map((sub) => path.join(dir(), sub));
@@ -387,10 +391,6 @@ describe('group commit', () => {
               assert.deepEqual([r.code, r.syscall], ['EIO', 'fsync']);
               assert.ok(dirs.includes(r.path), r.path);
             }
-
-            const resolved = t.out.results.filter((r) => r.ok).map((r) => r.id);
-            const lost = resolved.flatMap((id) => notDurable(t, dir(), id));
-            assert.deepEqual(lost, []);
 
             // A failed write leaves nothing; every resolved one is there.
             const ids = [t.out.first, ...resolved].sort();

@@ -52,18 +52,10 @@ dir_syncer* syncer_of(fs_gate_turn* turn) {
   return static_cast<dir_syncer*>(turn->data);
 }
 
-// Every request ends here, cleaned up and its slot given back.
+// Every request ends here, cleaned up and its slot given back; so does
+// one that could not be submitted, which never calls back.
 ssize_t end_req(dir_syncer* s) {
-  ssize_t result = s->req.result;
-  uv_fs_req_cleanup(&s->req);
-  fs_gate_leave(s->group->gate);
-  return result;
-}
-
-// A request that could not be submitted never calls back.
-void not_submitted(dir_syncer* s) {
-  uv_fs_req_cleanup(&s->req);
-  fs_gate_leave(s->group->gate);
+  return fs_gate_end_req(s->group->gate, &s->req);
 }
 
 void set_error(dir_syncer* s, int err, const char* syscall, bool path) {
@@ -108,14 +100,19 @@ void on_close(uv_fs_t* req) {
   finish(s);
 }
 
+// A close that cannot be submitted is made at once, on the loop's
+// thread, rather than leave the fd open.
 void close_now(fs_gate_turn* turn) {
   dir_syncer* s = syncer_of(turn);
   int r = uv_fs_close(s->group->loop, &s->req, s->fd, on_close);
   if (r == 0) return;
 
-  not_submitted(s);
+  end_req(s);
+  uv_fs_t now;
+  r = uv_fs_close(s->group->loop, &now, s->fd, nullptr);
+  uv_fs_req_cleanup(&now);
   s->fd = -1;
-  set_error(s, r, "close", false);
+  if (r < 0) set_error(s, r, "close", false);
   finish(s);
 }
 
@@ -124,11 +121,16 @@ void close_dir(dir_syncer* s) {
 }
 
 // 2: fsync the directory: every name made in it before this call
-// started is durable once it returns.
+// started is durable once it returns. A failure is counted in the group
+// at once, for chains whose names it may have cost (see dir_sync.h).
 void on_fsync(uv_fs_t* req) {
   dir_syncer* s = syncer_of(req);
   ssize_t r = end_req(s);
-  if (r < 0) set_error(s, r, "fsync", false);
+  if (r < 0) {
+    set_error(s, r, "fsync", true);
+    s->group->failed_fsyncs++;
+    s->group->last_failure = s->result;
+  }
 
   close_dir(s);
 }
@@ -143,8 +145,8 @@ void fsync_now(fs_gate_turn* turn) {
   int r = uv_fs_fsync(s->group->loop, &s->req, s->fd, on_fsync);
   if (r == 0) return;
 
-  not_submitted(s);
-  set_error(s, r, "fsync", false);
+  end_req(s);
+  set_error(s, r, "fsync", true);
   close_dir(s);
 }
 
@@ -169,7 +171,7 @@ void open_now(fs_gate_turn* turn) {
                      on_open);
   if (r == 0) return;
 
-  not_submitted(s);
+  end_req(s);
   set_error(s, r, "open", true);
   finish(s);
 }

@@ -8,6 +8,13 @@
 // between. Many concurrent plans then share a few fsyncs instead of one
 // each.
 //
+// A failed fsync fails every caller it covered, and it also counts for
+// names made before it ended by callers it did not cover: after a failed
+// fsync Linux may drop the directory's dirty state and report the error
+// only once, so a later fsync may succeed without having written them.
+// The group counts its failed fsyncs for that; a chain compares the count
+// with the one it saw when it first changed a name (see fs_chain.h).
+//
 // A group belongs to one loop (one environment): its callbacks run on
 // that loop's thread and it is never touched from another. Its requests
 // pass the gate of the store it serves; a sync takes one slot at a time
@@ -35,6 +42,13 @@ struct dir_sync_group_t {
   uv_loop_t* loop = nullptr;
   fs_gate_t* gate = nullptr;
 
+  // Read only: how many fsyncs of the group's syncs, shared or alone,
+  // have failed, and how the last one failed (syscall "fsync", the
+  // directory in path). Counted when the fsync ends, before any caller
+  // hears of it.
+  uint64_t failed_fsyncs = 0;
+  fs_result last_failure;
+
   // Private: the directories with a sync running, and the number of
   // fsyncs submitted so far, which names each sync (its generation).
   std::map<std::string, dir_syncer*> running;
@@ -46,7 +60,8 @@ struct dir_sync_wait {
 
   // Valid in the callback: how the covering sync ended, the generation
   // of the last fsync submitted when the wait began, and the generation
-  // of the fsync that covered it, always greater.
+  // of the fsync that covered it: greater than `after`, or 0 when the
+  // sync failed before its fsync was tried (its open failed).
   fs_result result;
   uint64_t after = 0;
   uint64_t generation = 0;

@@ -60,22 +60,17 @@ fs_chain_step& current(fs_chain_t* c) {
 }
 
 // Every request ends here, so every uv_fs_t is cleaned up exactly once
-// and its slot of the gate given back.
+// and its slot of the gate given back; so does one that could not even
+// be queued, which never calls back.
 ssize_t end_req(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t result = req->result;
-  uv_fs_req_cleanup(req);
-  fs_gate_leave(c->gate);
-  return result;
+  return fs_gate_end_req(chain_of(req)->gate, req);
 }
 
-// A request that could not even be queued never calls back: end it
-// here and fail the step with its error.
+// A step whose request could not be queued fails with its error.
 void not_queued(fs_chain_t* c, int err, const char* syscall,
                 const std::string* path,
                 const std::string* dest = nullptr) {
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
+  end_req(&c->req);
   fail(c, err, syscall, path, dest);
 }
 
@@ -103,6 +98,14 @@ bool go_on(fs_chain_t* c) {
   if (!c->stopping) return true;
   fail(c, UV_ECANCELED, nullptr, nullptr);
   return false;
+}
+
+// Called as a link, rename or unlink is submitted: from the first one
+// on, a failed fsync of the group may cost the chain a name.
+void changing_names(fs_chain_t* c) {
+  if (c->changed_names) return;
+  c->changed_names = true;
+  c->failed_fsyncs_seen = c->group->failed_fsyncs;
 }
 
 void forget_tmp(fs_chain_t* c, const std::string& name) {
@@ -272,6 +275,7 @@ void on_publish_link(uv_fs_t* req) {
 
 void publish(fs_chain_t* c) {
   fs_chain_step& s = current(c);
+  changing_names(c);
   int r = uv_fs_link(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
                      on_publish_link);
   if (r < 0) not_queued(c, r, "link", &s.path, &s.dest);
@@ -310,6 +314,7 @@ void on_replace(uv_fs_t* req) {
 
 void replace(fs_chain_t* c) {
   fs_chain_step& s = current(c);
+  changing_names(c);
   int r = uv_fs_rename(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
                        on_replace);
   if (r < 0) not_queued(c, r, "rename", &s.path, &s.dest);
@@ -329,6 +334,7 @@ void on_unlink(uv_fs_t* req) {
 
 void unlink_step(fs_chain_t* c) {
   fs_chain_step& s = current(c);
+  changing_names(c);
   int r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(), on_unlink);
   if (r < 0) not_queued(c, r, "unlink", &s.path);
 }
@@ -341,14 +347,24 @@ void unlink_step(fs_chain_t* c) {
 // with other chains under group commit, else one sync per step.
 // Waiting holds no slot of the gate: the sync takes one for everyone
 // it covers.
+// A failed fsync of the group since the chain's first name change may
+// have dropped that change unwritten while a later fsync, this one too,
+// succeeds (see dir_sync.h): the step then fails with the group's last
+// failure, which is surely one of those.
 // TODO: Windows cannot open or fsync a directory; this step fails there
 // until a platform file decides what sync_dir means on it.
+void fail_with(fs_chain_t* c, const fs_result& r) {
+  const std::string* path = r.path.empty() ? nullptr : &r.path;
+  fail(c, r.error, r.syscall, path);
+}
+
 void on_dir_synced(dir_sync_wait* w) {
   fs_chain_t* c = static_cast<fs_chain_t*>(w->data);
-  const fs_result& r = w->result;
-  if (r.error < 0) {
-    const std::string* path = r.path.empty() ? nullptr : &r.path;
-    return fail(c, r.error, r.syscall, path);
+  if (w->result.error < 0) return fail_with(c, w->result);
+
+  const dir_sync_group_t* g = c->group;
+  if (c->changed_names && g->failed_fsyncs > c->failed_fsyncs_seen) {
+    return fail_with(c, g->last_failure);
   }
 
   next_step(c);
@@ -386,21 +402,27 @@ void on_close_after_failure(uv_fs_t* req) {
   start_undo(c);
 }
 
+// A close that cannot be queued is made at once, on the loop's thread,
+// rather than leave the fd open.
 void close_after_failure(fs_chain_t* c) {
   uv_file fd = c->fd;
   c->fd = -1;
   int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
   if (r == 0) return;
 
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
+  end_req(&c->req);
+  uv_fs_t now;
+  uv_fs_close(c->loop, &now, fd, nullptr);
+  uv_fs_req_cleanup(&now);
   start_undo(c);
 }
 
 // Undo, 2: unlink what the plan made. The operation is reported as
 // failed, so nothing of it may stay: tmp files still under their tmp
-// name, and names it published. Errors are ignored; undo is best effort
-// and the first error is the one the caller must see.
+// name, and names it published. They go from the back of the list, the
+// name published last first, so that a kill half-way never leaves a
+// meta without its env. Errors are ignored; undo is best effort and the
+// first error is the one the caller must see.
 void start_undo(fs_chain_t* c) {
   c->undo = c->tmp_names;
   c->undo.insert(c->undo.end(), c->published.begin(), c->published.end());
@@ -421,8 +443,7 @@ void unlink_undo(fs_chain_t* c) {
   int r = uv_fs_unlink(c->loop, req_of(c), name, on_undo);
   if (r == 0) return;
 
-  uv_fs_req_cleanup(&c->req);
-  fs_gate_leave(c->gate);
+  end_req(&c->req);
   c->undo.pop_back();
   undo_next(c);
 }
@@ -444,8 +465,6 @@ void done(fs_chain_t* c) {
 void fs_chain_start(uv_loop_t* loop, fs_chain_t* c, fs_chain_cb cb) {
   c->loop = loop;
   c->cb = cb;
-  c->step = 0;
-  c->result = fs_result();
   run_step(c);
 }
 

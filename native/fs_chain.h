@@ -58,9 +58,12 @@ struct fs_chain_t {
   // until the chain's callback has run.
   fs_gate_t* gate = nullptr;
 
-  // The directory syncs of the chain's store (see dir_sync.h). With
-  // group_commit, sync_dir steps share syncs with the other chains of
-  // the group; without, each step syncs alone.
+  // The directory syncs of the chain's store (see dir_sync.h); required.
+  // With group_commit, sync_dir steps share syncs with the other chains
+  // of the group; without, each step syncs alone. Either way a sync_dir
+  // step fails when any fsync of the group failed after the chain
+  // submitted its first link, rename or unlink, even if the step's own
+  // sync succeeded: that fsync may have cost the chain's names.
   dir_sync_group_t* group = nullptr;
   bool group_commit = false;
 
@@ -83,6 +86,8 @@ struct fs_chain_t {
   std::vector<std::string> tmp_names;
   std::vector<std::string> published;
   std::vector<std::string> undo;
+  bool changed_names = false;
+  uint64_t failed_fsyncs_seen = 0;
   bool stopping = false;
   bool failed = false;
 };
@@ -90,11 +95,16 @@ struct fs_chain_t {
 // Runs every step in order and then calls cb once, on the loop's thread.
 // On the first failure the chain closes its open file, unlinks the tmp
 // files and published names it created, and reports the failing call.
+// A chain runs once: start a fresh fs_chain_t, never one that has run.
 void fs_chain_start(uv_loop_t* loop, fs_chain_t* chain, fs_chain_cb cb);
 
-// Asks a running chain to start no further step: the request in flight
-// ends, then the chain undoes its work as on failure (error UV_ECANCELED)
-// and calls cb as usual.
+// Asks a running chain to start no further step. What is under way ends
+// first: the request in flight, or the directory sync the chain waits
+// for, which cannot be cut short. If that completed the plan (it was
+// the last request or sync, and it succeeded), the chain reports
+// success; else it undoes its work as on failure, with that request's
+// error or UV_ECANCELED, and calls cb as usual. A chain stopped while
+// it waits for its turn at the gate goes straight to its undo.
 void fs_chain_stop(fs_chain_t* chain);
 
 #endif

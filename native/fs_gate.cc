@@ -47,6 +47,13 @@ void fs_gate_leave(fs_gate_t* g) {
   grant(g);
 }
 
+ssize_t fs_gate_end_req(fs_gate_t* g, uv_fs_t* req) {
+  ssize_t result = req->result;
+  uv_fs_req_cleanup(req);
+  fs_gate_leave(g);
+  return result;
+}
+
 void fs_gate_hold(fs_gate_t* g) {
   g->holders++;
 }

@@ -14,6 +14,8 @@
 
 #include <stddef.h>
 
+#include <uv.h>
+
 struct fs_gate_turn;
 
 typedef void (*fs_gate_cb)(fs_gate_turn* turn);
@@ -54,6 +56,11 @@ void fs_gate_enter(fs_gate_t* gate, fs_gate_turn* turn, fs_gate_cb cb);
 
 // Gives the caller's slot to the first turn waiting, if any.
 void fs_gate_leave(fs_gate_t* gate);
+
+// Ends a file-system request made in a slot: returns its result, cleans
+// it up and gives the slot back. For a request that has called back, and
+// for one that could not be submitted, which never will.
+ssize_t fs_gate_end_req(fs_gate_t* gate, uv_fs_t* req);
 
 // Holding keeps the gate alive: every job that may still enter it holds
 // it until the job has ended.

@@ -11,6 +11,7 @@ import type {
   FileStat,
   MetaScan,
   Step,
+  SyncDirStep,
   WriteTmpStep,
 } from './plan';
 
@@ -68,12 +69,22 @@ interface DirSync {
  * slot of the backend's gate, as each request does in the addon, and
  * group commit works as there: directory syncs are shared by the plans
  * of this backend.
+ *
+ * As there, a failed directory fsync counts for every plan that had
+ * changed a name before it ended: after a failure Linux may drop the
+ * directory's dirty state and report the error only once, so a later
+ * fsync may succeed without having written that name. A plan's sync_dir
+ * step fails when any fsync of this backend failed after the plan's
+ * first link, rename or unlink was made, even if its own sync succeeded.
  */
 export class JsBackend implements Backend {
   readonly name = 'js' as const;
   private readonly groupCommit: boolean;
   private readonly gate: Limiter;
   private readonly dirSyncs = new Map<string, DirSync>();
+  /** Directory fsyncs that failed, shared or alone, and the last one. */
+  private failedFsyncs = 0;
+  private lastFailure: NodeJS.ErrnoException | null = null;
 
   constructor(options: BackendOptions = {}) {
     this.groupCommit = options.groupCommit ?? true;
@@ -83,12 +94,24 @@ export class JsBackend implements Backend {
   async run(steps: Step[]): Promise<void> {
     const plan = copySteps(steps);
     const made: Made = { tmpNames: [], published: [] };
+    // The failed fsyncs counted when the first link, rename or unlink
+    // of the plan was made: any failed after may have cost its names.
+    let seen: number | null = null;
+    const changing = () => {
+      seen ??= this.failedFsyncs;
+    };
     try {
       for (const step of plan) {
-        if (step.op === 'sync_dir' && this.groupCommit) {
-          await this.sharedSyncDir(step.path);
-        } else {
-          await runStep(this.gate, step, made);
+        if (step.op !== 'sync_dir') {
+          await runStep(this.gate, step, made, changing);
+          continue;
+        }
+        // A new or removed name is durable only once its directory is
+        // synced, hence this comes after the link or rename it covers.
+        if (this.groupCommit) await this.sharedSyncDir(step.path);
+        else await this.syncDir(step.path);
+        if (seen !== null && this.failedFsyncs > seen) {
+          throw copyError(this.lastFailure as NodeJS.ErrnoException);
         }
       }
     } catch (err) {
@@ -180,7 +203,7 @@ export class JsBackend implements Backend {
   private async syncInTurns(dir: string, sync: DirSync): Promise<void> {
     while (sync.covered.length > 0) {
       try {
-        await syncDir(this.gate, dir, () => {
+        await this.syncDir(dir, () => {
           sync.syncing = true;
         });
         for (const w of sync.covered) w.resolve();
@@ -193,22 +216,52 @@ export class JsBackend implements Backend {
     }
     this.dirSyncs.delete(dir);
   }
+
+  // `starting` runs right before the fsync is submitted, in the same
+  // turn, so that whoever asked before it is covered. A failed fsync
+  // names the directory, as in the native backend, and is counted
+  // before anyone hears of it.
+  private async syncDir(dir: string, starting?: () => void): Promise<void> {
+    const { gate } = this;
+    const fh = await gate.run(() => fs.open(dir, DIR_FLAGS));
+    return withHandle(gate, fh, () =>
+      gate.run(async () => {
+        starting?.();
+        try {
+          await fh.sync();
+        } catch (err) {
+          const failure = withPath(err as NodeJS.ErrnoException, dir);
+          this.failedFsyncs++;
+          this.lastFailure = failure;
+          throw failure;
+        }
+      }),
+    );
+  }
 }
 
-// `starting` runs right before the fsync is submitted, in the same
-// turn, so that whoever asked before it is covered.
-async function syncDir(
-  gate: Limiter,
-  dir: string,
-  starting?: () => void,
-): Promise<void> {
-  const fh = await gate.run(() => fs.open(dir, DIR_FLAGS));
-  return withHandle(gate, fh, () =>
-    gate.run(() => {
-      starting?.();
-      return fh.sync();
-    }),
-  );
+// An fs error of a call on an fd, named by the file's path as Node names
+// the errors of calls on a path.
+function withPath(
+  err: NodeJS.ErrnoException,
+  file: string,
+): NodeJS.ErrnoException {
+  const named = copyError(err, `${err.message} '${file}'`);
+  named.path = file;
+  return named;
+}
+
+// A fresh Error for each plan that one failure fails.
+function copyError(
+  err: NodeJS.ErrnoException,
+  message = err.message,
+): NodeJS.ErrnoException {
+  const copy = new Error(message) as NodeJS.ErrnoException;
+  copy.errno = err.errno;
+  copy.code = err.code;
+  copy.syscall = err.syscall;
+  if (err.path !== undefined) copy.path = err.path;
+  return copy;
 }
 
 function invalid(message: string): never {
@@ -267,10 +320,13 @@ function forget(names: string[], name: string): void {
   if (i !== -1) names.splice(i, 1);
 }
 
+// `changing` runs right before each link, rename or unlink is made.
+// sync_dir steps are the backend's own, which counts failed fsyncs.
 async function runStep(
   gate: Limiter,
-  step: Step,
+  step: Exclude<Step, SyncDirStep>,
   made: Made,
+  changing: () => void,
 ): Promise<void> {
   switch (step.op) {
     case 'write_tmp':
@@ -279,7 +335,10 @@ async function runStep(
     // Link, unlike rename, never replaces: an existing name fails with
     // EEXIST, so one message is never written over another.
     case 'publish':
-      await gate.run(() => fs.link(step.from, step.to));
+      await gate.run(() => {
+        changing();
+        return fs.link(step.from, step.to);
+      });
       made.published.push(step.to);
       await gate.run(() => fs.unlink(step.from));
       forget(made.tmpNames, step.from);
@@ -287,24 +346,25 @@ async function runStep(
 
     // Not undone: once the rename succeeds the old file is gone.
     case 'replace':
-      await gate.run(() => fs.rename(step.from, step.to));
+      await gate.run(() => {
+        changing();
+        return fs.rename(step.from, step.to);
+      });
       forget(made.tmpNames, step.from);
       return;
 
     case 'unlink':
       try {
-        await gate.run(() => fs.unlink(step.path));
+        await gate.run(() => {
+          changing();
+          return fs.unlink(step.path);
+        });
       } catch (err) {
         const gone = (err as NodeJS.ErrnoException).code === 'ENOENT';
         if (!(gone && step.missingOk)) throw err;
       }
       forget(made.tmpNames, step.path);
       return;
-
-    // A new or removed name is durable only once its directory is
-    // synced, hence this comes after the link or rename it covers.
-    case 'sync_dir':
-      return syncDir(gate, step.path);
   }
 }
 
@@ -395,9 +455,11 @@ function ioError(syscall: string): NodeJS.ErrnoException {
 }
 
 // Nothing of a failed plan may stay: tmp files still under their tmp
-// name and names it published are unlinked, errors ignored.
+// name and names it published are unlinked, errors ignored. As in the
+// native chain, the name published last goes first, so that a kill
+// half-way never leaves a meta without its env.
 async function undo(gate: Limiter, made: Made): Promise<void> {
-  for (const name of [...made.tmpNames, ...made.published]) {
+  for (const name of [...made.tmpNames, ...made.published].reverse()) {
     await gate.run(() => fs.unlink(name)).catch(() => undefined);
   }
 }

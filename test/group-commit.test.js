@@ -1,7 +1,9 @@
 'use strict';
 // Group commit: concurrent writes share directory fsyncs, at the default
 // share of the thread pool, and a write never counts an fsync that had
-// started before its own link.
+// started before its own link. A failed directory fsync fails every plan
+// it covered, and every plan that changed a name before it ended, even
+// when that plan's own later sync succeeds.
 
 const assert = require('node:assert/strict');
 const { spawnSync } = require('node:child_process');
@@ -11,6 +13,11 @@ const { BACKENDS, useTempDir } = require('./helpers');
 
 const root = path.join(__dirname, '..');
 const WRITER = path.join(__dirname, 'fixtures', 'group-commit-writer.js');
+const PLANS = path.join(__dirname, 'fixtures', 'group-commit-plans.js');
+const FAILED_WRITE = path.join(__dirname, 'fixtures', 'failed-write-plan.js');
+const FAULT_WRITER = path.join(
+  __dirname, 'fixtures', 'group-commit-fault-writer.js',
+);
 const WRITES = 200;
 
 const hasStrace = spawnSync('strace', ['-V']).status === 0;
@@ -116,6 +123,58 @@ function checkCovered(t) {
     }
   }
   assert.deepEqual(uncovered, []);
+}
+
+// Runs `args` under strace with one pool thread, the `when`-th fsync
+// failing with EIO; returns the child's output and the calls traced.
+function traceFault(dir, when, syscalls, args) {
+  const trace = path.join(dir, 'trace');
+  const r = spawnSync(
+    'strace',
+    ['-f', '-qq', '-y', '-e', `trace=${syscalls}`,
+      '-e', `inject=fsync:error=EIO:when=${when}`, '-o', trace,
+      process.execPath, ...args],
+    {
+      encoding: 'utf8',
+      timeout: 120000,
+      env: { ...process.env, UV_THREADPOOL_SIZE: '1' },
+    },
+  );
+  assert.equal(r.status, 0, r.stderr);
+  return {
+    out: JSON.parse(r.stdout),
+    calls: parseCalls(fs.readFileSync(trace, 'utf8')),
+  };
+}
+
+function fsyncsOf(calls, dir) {
+  return calls.filter(
+    (c) => c.name === 'fsync' && c.args.includes(`<${dir}>)`),
+  );
+}
+
+// The names of a resolved write that were not durable when it resolved:
+// the first fsync of the name's directory to start after its link must
+// succeed and end before the write's mark. When that fsync fails, a
+// later one proves nothing: after a failure Linux may drop the
+// directory's dirty state and report the error only once.
+function notDurable(t, dir, id) {
+  const mark = t.calls.find(
+    (c) => c.name === 'openat' && c.args.includes(`/write:${id}"`),
+  );
+  assert.ok(mark, `no mark for ${id}`);
+  const names = [];
+  for (const [sub, ext] of [['env', 'env'], ['meta', 'meta']]) {
+    const final = path.join(dir, sub, `${id}.${ext}`);
+    const link = t.calls.find(
+      (c) => c.name === 'link' && c.ok && c.args.includes(`"${final}"`),
+    );
+    const first = link && fsyncsOf(t.calls, path.join(dir, sub)).find(
+      (c) => c.start > link.end,
+    );
+    if (!first?.ok || first.end > mark.start) names.push(`${sub}/${id}.${ext}`);
+  }
+  return names;
 }
 
 describe('group commit', () => {
@@ -252,6 +311,129 @@ describe('group commit', () => {
         assert.equal(t.env, WRITES);
         assert.equal(t.meta, WRITES);
         checkCovered(t);
+      });
+    });
+
+    describe(`a failed directory fsync (${io})`, function () {
+      this.timeout(120000);
+      const dir = useTempDir();
+
+      before(function () {
+        if (!hasStrace) {
+          console.log('    (skipped: strace is not installed)');
+          this.skip();
+        }
+      });
+
+      for (const group of ['on', 'off']) {
+        it(`fails the plans it covered and a plan that unlinked before it (group commit ${group})`, () => {
+          const d = path.join(dir(), 'd');
+          fs.mkdirSync(d);
+          fs.mkdirSync(path.join(dir(), 't'));
+          fs.writeFileSync(path.join(d, 'x'), '');
+          fs.writeFileSync(path.join(dir(), 't', 'y'), '');
+          const t = traceFault(dir(), 1, 'fsync,unlink,openat',
+            [PLANS, dir(), io, group]);
+
+          // The scenario: the unlink in d ends before the failing fsync
+          // starts; the last plan's own sync is a later, good fsync.
+          const syncs = fsyncsOf(t.calls, d);
+          const unlink = t.calls.find(
+            (c) => c.name === 'unlink' && c.ok &&
+              c.args.startsWith(`"${path.join(d, 'x')}"`),
+          );
+          assert.equal(syncs[0].ok, false);
+          assert.ok(unlink.end < syncs[0].start);
+          assert.ok(syncs.at(-1).ok && syncs.at(-1).start > syncs[0].end);
+
+          const eio = { ok: false, code: 'EIO', syscall: 'fsync', path: d };
+          // Alone, the two other sync-only plans sync for themselves and
+          // changed no name: their good fsyncs are enough.
+          const others = group === 'on' ? [eio, eio] : [{ ok: true }, { ok: true }];
+          assert.deepEqual(t.out, [eio, ...others, eio]);
+        });
+      }
+    });
+
+    describe(`DiskStorage#write() (${io}) with a directory fsync failing`, function () {
+      this.timeout(120000);
+      const dir = useTempDir();
+
+      before(function () {
+        if (!hasStrace) {
+          console.log('    (skipped: strace is not installed)');
+          this.skip();
+        }
+      });
+
+      // The first three fsyncs are the store's start and a first write
+      // alone; the fourth and the sixth fall among staggered writes.
+      for (const group of ['on', 'off']) {
+        for (const when of [4, 6]) {
+          it(`resolves no write whose name it may have lost (group commit ${group}, fsync ${when} fails)`, () => {
+            for (const sub of ['env', 'meta', 'tmp']) {
+              fs.mkdirSync(path.join(dir(), sub));
+            }
+            const t = traceFault(dir(), when, 'fsync,link,openat',
+              [FAULT_WRITER, dir(), io, group, String(WRITES), '2']);
+            assert.equal(t.out.io, io);
+
+            const failed = t.calls.filter((c) => c.name === 'fsync' && !c.ok);
+            assert.equal(failed.length, 1);
+            const resolved = t.out.results.filter((r) => r.ok).map((r) => r.id);
+            const lost = resolved.flatMap((id) => notDurable(t, dir(), id));
+            assert.deepEqual(lost, []);
+
+            const rejected = t.out.results.filter((r) => !r.ok);
+            assert.ok(rejected.length >= 1, 'no write failed');
+            const dirs = ['env', 'meta'].map((sub) => path.join(dir(), sub));
+            for (const r of rejected) {
+              assert.deepEqual([r.code, r.syscall], ['EIO', 'fsync']);
+              assert.ok(dirs.includes(r.path), r.path);
+            }
+
+            // A failed write leaves nothing; every resolved one is there.
+            const ids = [t.out.first, ...resolved].sort();
+            for (const sub of ['env', 'meta']) {
+              const names = fs.readdirSync(path.join(dir(), sub))
+                .filter((n) => n.endsWith(`.${sub}`));
+              assert.deepEqual(names.sort(), ids.map((id) => `${id}.${sub}`));
+            }
+          });
+        }
+      }
+    });
+
+    describe(`the undo of a plan (${io})`, function () {
+      this.timeout(120000);
+      const dir = useTempDir();
+
+      before(function () {
+        if (!hasStrace) {
+          console.log('    (skipped: strace is not installed)');
+          this.skip();
+        }
+      });
+
+      // As a write's: a kill between the two unlinks must not leave a
+      // meta without its env.
+      it('unlinks the name published last first when the last sync fails', () => {
+        for (const sub of ['env', 'meta', 'tmp']) {
+          fs.mkdirSync(path.join(dir(), sub));
+        }
+        const t = traceFault(dir(), 2, 'fsync,unlink,openat',
+          [FAILED_WRITE, dir(), io]);
+        assert.deepEqual(t.out, { ok: false, code: 'EIO', syscall: 'fsync' });
+
+        const failed = t.calls.find((c) => c.name === 'fsync' && !c.ok);
+        assert.ok(failed.args.includes(`<${path.join(dir(), 'meta')}>)`));
+        const undone = t.calls
+          .filter((c) => c.name === 'unlink' && c.start > failed.end)
+          .map((c) => path.relative(dir(), /^"([^"]+)"/.exec(c.args)[1]));
+        assert.deepEqual(undone, ['meta/m', 'env/e']);
+        for (const sub of ['env', 'meta', 'tmp']) {
+          assert.deepEqual(fs.readdirSync(path.join(dir(), sub)), []);
+        }
       });
     });
   }

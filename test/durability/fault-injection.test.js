@@ -430,7 +430,8 @@ async function checkQueueAfterPersistent(c, root, io, seeds) {
     else assert.ok(env.equals(m.env), 'the envelope changed');
   }
 
-  const store = openStore(root, io);
+  // graceMs 0: the failed writer is gone, so its tmp files are stale now.
+  const store = openStore(root, io, { graceMs: 0 });
   try {
     const newMetas = listDir(dirs.metaDir)
       .map((n) => n.slice(0, -'.meta'.length))

@@ -346,6 +346,49 @@ for (const io of BACKENDS) {
       process.off('unhandledRejection', onUnhandled);
       assert.equal(unhandled, 0);
     });
+
+    it('leaves memory, fds and active handles at baseline after 2,000 writes that fail after their env was linked', async function () {
+      this.timeout(120000);
+      await store.write(makeEnvelope(), 1);
+      // The meta's link fails (ENOTDIR) after both tmp files were written
+      // and synced and the env linked: every write has something to undo.
+      fs.rmSync(dir('meta'), { recursive: true });
+      fs.writeFileSync(dir('meta'), 'not a directory');
+      const env = makeEnvelope({}, Buffer.alloc(64 * 1024, 'x'));
+      let unhandled = 0;
+      const onUnhandled = () => unhandled++;
+      process.on('unhandledRejection', onUnhandled);
+      const fail = async () => {
+        const results = await Promise.allSettled(
+          Array.from({ length: 100 }, () => store.write(env, 1)),
+        );
+        for (const r of results) {
+          assert.equal(r.status, 'rejected');
+          assert.equal(r.reason.code, 'ENOTDIR');
+          assert.equal(r.reason.syscall, 'link');
+        }
+      };
+      for (let i = 0; i < 2; i++) await fail(); // warm up
+      global.gc?.();
+      const fds0 = fs.readdirSync('/proc/self/fd').length;
+      const handles0 = process.getActiveResourcesInfo().length;
+      const heap0 = process.memoryUsage().heapUsed;
+      const rss0 = process.memoryUsage().rss;
+      for (let i = 0; i < 20; i++) await fail();
+      await new Promise((r) => setImmediate(r));
+      global.gc?.();
+      assert.equal(fs.readdirSync('/proc/self/fd').length, fds0);
+      assert.ok(process.getActiveResourcesInfo().length <= handles0);
+      const heap = process.memoryUsage().heapUsed - heap0;
+      assert.ok(heap < 16 * 1024 * 1024, `heap grew by ${heap} bytes`);
+      // 2,000 bodies of 64 KiB went through: 128 MiB if any were kept.
+      const rss = process.memoryUsage().rss - rss0;
+      assert.ok(rss < 48 * 1024 * 1024, `RSS grew by ${rss} bytes`);
+      assert.deepEqual(listDir(dir('env')).length, 1, 'an undo left an env');
+      assert.deepEqual(listDir(dir('tmp')), []);
+      process.off('unhandledRejection', onUnhandled);
+      assert.equal(unhandled, 0);
+    });
   });
 }
 

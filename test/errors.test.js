@@ -1,12 +1,12 @@
 'use strict';
 // Every error path rejects promptly with a Node-style error (code, syscall,
 // path) or a QueueError, carries `retryable`, gives the same code from both
-// backends, and leaves nothing behind.
+// backends, and leaves nothing behind. A full disk is in
+// durability/diskfull.test.js.
 
 const assert = require('node:assert/strict');
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 
 const {
@@ -277,43 +277,6 @@ for (const io of BACKENDS) {
       }
     });
 
-    it('rejects with ENOSPC on a full disk, keeps earlier messages, and writes again once space is freed', async function () {
-      const mnt = mountTmpfs(this, '2m');
-      try {
-        const s = openStore(mnt, io);
-        const body = Buffer.alloc(256 * 1024, 0x61);
-        const ids = [];
-        let err;
-        for (let i = 0; i < 20 && !err; i++) {
-          try {
-            const raw = Buffer.concat([Buffer.from('A: b\r\n\r\n'), body]);
-            ids.push(await s.write(makeEnvelope({}, raw), i));
-          } catch (e) {
-            err = e;
-          }
-        }
-        assert.ok(err, 'the disk never filled');
-        assert.equal(err.code, 'ENOSPC');
-        assert.equal(err.retryable, true);
-        assert.equal(typeof err.syscall, 'string');
-        sameAcrossBackends('ENOSPC', io, err);
-        assert.deepEqual(listDir(path.join(mnt, 'tmp')), []);
-        assert.equal(listDir(path.join(mnt, 'env')).length, ids.length);
-        for (const id of ids) {
-          const [env] = await s.get(id);
-          assert.ok(env.message.equals(body));
-        }
-        await s.remove(ids[0]);
-        await s.remove(ids[1]);
-        const id = await s.write(makeEnvelope(), 99);
-        assert.equal((await s.get(id))[1], 0);
-        await s.close();
-      } finally {
-        execFileSync('umount', [mnt]);
-        fs.rmdirSync(mnt);
-      }
-    });
-
     it('leaves memory, fds and active handles at baseline after 10,000 failing writes', async function () {
       this.timeout(120000);
       await store.write(makeEnvelope(), 1);
@@ -407,19 +370,4 @@ function snapshot(root) {
   };
   walk(root);
   return out;
-}
-
-/** A fresh tmpfs of `size`; skips the test when mounting is not allowed. */
-function mountTmpfs(test, size) {
-  const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'slimta-full-'));
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', mnt], {
-      stdio: 'pipe',
-    });
-  } catch (err) {
-    fs.rmdirSync(mnt);
-    console.log(`    (skipped: cannot mount a tmpfs here: ${String(err.stderr || err.message).trim()})`);
-    test.skip();
-  }
-  return mnt;
 }

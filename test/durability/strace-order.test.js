@@ -42,11 +42,11 @@ const GOOD = [
   [null, `5 close(18)                 = 0`],
   ['link env', `2 link("${ENV_TMP}", "/q/env/${ID}.env") = 0`],
   ['unlink env tmp', `3 unlink("${ENV_TMP}")    = 0`],
-  ['link meta', `4 link("${META_TMP}", "/q/meta/${ID}.meta") = 0`],
-  ['unlink meta tmp', `5 unlink("${META_TMP}")   = 0`],
   ['open env dir', `2 openat(AT_FDCWD, "/q/env", ${DIR}) = 18`],
   ['fsync env dir', `3 fsync(18)                 = 0`],
   [null, `4 close(18)                 = 0`],
+  ['link meta', `4 link("${META_TMP}", "/q/meta/${ID}.meta") = 0`],
+  ['unlink meta tmp', `5 unlink("${META_TMP}")   = 0`],
   ['open meta dir', `5 openat(AT_FDCWD, "/q/meta", ${DIR}) = 18`],
   ['fsync meta dir', `2 fsync(18)                 = 0`],
   [null, `3 close(18)                 = 0`],
@@ -63,13 +63,13 @@ const GOOD = [
   [null, `3 close(18)                 = 0`],
   ['marker update', `1 openat(AT_FDCWD, "/nonexistent/slimta-marker/setTimestamp:${ID}", O_RDONLY) = ${NOWHERE}`],
   ['unlink meta', `2 unlinkat(AT_FDCWD, "/q/meta/${ID}.meta", 0) = 0`],
+  ['open meta dir (remove)', `3 openat(AT_FDCWD, "/q/meta", ${DIR}) = 18`],
+  ['fsync meta dir (remove)', `4 fsync(18)                 = 0`],
+  [null, `5 close(18)                 = 0`],
   ['unlink env', `3 unlink("/q/env/${ID}.env") = 0`],
   ['open env dir (remove)', `4 openat(AT_FDCWD, "/q/env", ${DIR}) = 18`],
   ['fsync env dir (remove)', `5 fsync(18)                 = 0`],
   [null, `2 close(18)                 = 0`],
-  ['open meta dir (remove)', `3 openat(AT_FDCWD, "/q/meta", ${DIR}) = 18`],
-  ['fsync meta dir (remove)', `4 fsync(18)                 = 0`],
-  [null, `5 close(18)                 = 0`],
   ['marker remove', `1 openat(AT_FDCWD, "/nonexistent/slimta-marker/remove:${ID}", O_RDONLY) = ${NOWHERE}`],
 ];
 
@@ -114,8 +114,8 @@ describe('strace trace parsing', function () {
     const events = parseTrace(traceOf(GOOD));
     const syncs = events.filter((e) => e.kind === 'sync').map((e) => e.path);
     assert.deepEqual(syncs, [
-      ENV_TMP, META_TMP, '/q/env', '/q/meta', UPD_TMP, '/q/meta', '/q/env',
-      '/q/meta',
+      ENV_TMP, META_TMP, '/q/env', '/q/meta', UPD_TMP, '/q/meta', '/q/meta',
+      '/q/env',
     ]);
   });
 
@@ -154,7 +154,9 @@ describe('checkOrder()', function () {
     ['link meta', 'fsync meta dir', 'the directory synced before the link'],
     ['unlink meta', 'unlink env', 'the env unlinked before the meta'],
     ['unlink env', 'fsync env dir (remove)', 'the directory synced before the unlink'],
-    ['marker write', 'open env dir', 'the write resolved before its directory sync'],
+    ['marker write', 'open meta dir', 'the write resolved before its directory sync'],
+    ['link meta', 'link env', 'the meta linked before the env directory was synced'],
+    ['unlink env', 'unlink meta', 'the env unlinked before the meta directory was synced'],
     ['marker update', 'rename', 'the update resolved before its rename'],
     ['marker remove', 'unlink env', 'the remove resolved before its unlink'],
   ];
@@ -163,6 +165,28 @@ describe('checkOrder()', function () {
       assert.notDeepEqual(check(moveAfter(GOOD, which, after)), []);
     });
   }
+
+  // Traces right in every other respect, so that the rule about the two
+  // directories is the only thing the checker can object to.
+  it('fails a write that links the meta before the env directory is synced', function () {
+    let bad = moveAfter(GOOD, 'link meta', 'unlink env tmp');
+    bad = moveAfter(bad, 'unlink meta tmp', 'link meta');
+    assert.deepEqual(check(bad), [
+      `write:${ID}: the meta is linked before the env directory is synced`,
+    ]);
+    // With one directory for both, one sync at the end is enough.
+    const one = { envDir: '/q/env', metaDir: '/q/env', tmpDir: '/q/tmp' };
+    const sameDir = (entries) => entries.map(([n, l]) => [n, l.replaceAll('/q/meta', '/q/env')]);
+    const problems = checkOrder(parseTrace(traceOf(sameDir(bad))), OPS, one);
+    assert.ok(!problems.some((p) => p.includes('before the env directory')), problems.join('\n'));
+  });
+
+  it('fails a remove that unlinks the env before the meta directory is synced', function () {
+    const bad = moveAfter(GOOD, 'unlink env', 'unlink meta');
+    assert.deepEqual(check(bad), [
+      `remove:${ID}: the env is unlinked before the meta directory is synced`,
+    ]);
+  });
 
   it('fails when the fd synced was reused for another file', function () {
     // The env tmp is closed unsynced; fd 18 then names another file,

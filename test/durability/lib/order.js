@@ -8,10 +8,14 @@
 //   linked (write) or renamed (update) to its final name; the final name's
 //   directory is fsync'ed after that link or rename; a write unlinks its
 //   tmp names; all of it ends before the resolve marker. A write links the
-//   env before the meta.
+//   env before the meta and, when the env and meta directories differ,
+//   syncs the env directory after the env's link and before the meta's:
+//   a meta name never reaches the disk before its envelope's.
 //
 //   remove: the meta and then the env are unlinked, each directory is
-//   fsync'ed after the unlink in it, all before the resolve marker.
+//   fsync'ed after the unlink in it, all before the resolve marker; when
+//   the directories differ, the meta directory's sync ends before the
+//   env's unlink starts: the env is never gone while its meta may be back.
 //
 // "A before B" means A's call ended before B's call started.
 
@@ -55,6 +59,7 @@ function checkPublish(window, op, dirs, say) {
       : [path.join(dirs.metaDir, `${op.id}.meta`)];
   const verb = op.kind === 'write' ? 'link' : 'rename';
   const published = [];
+  const dirSyncs = [];
 
   for (const final of finals) {
     const pub = window.find(
@@ -96,7 +101,9 @@ function checkPublish(window, op, dirs, say) {
       say(`${tmp} is written after (or during) its sync`);
     }
 
-    checkDirSync(window, path.dirname(final), pub, `${verb} to ${final}`, say);
+    dirSyncs.push(
+      checkDirSync(window, path.dirname(final), pub, `${verb} to ${final}`, say),
+    );
 
     if (verb === 'link') {
       const gone = window.find(
@@ -111,6 +118,11 @@ function checkPublish(window, op, dirs, say) {
       !(published[0].end < published[1].start)) {
     say('the meta is linked before the env');
   }
+  if (op.kind === 'write' && published.length === 2 && dirSyncs[0] &&
+      dirs.envDir !== dirs.metaDir &&
+      !(dirSyncs[0].end < published[1].start)) {
+    say('the meta is linked before the env directory is synced');
+  }
 }
 
 function checkRemove(window, op, dirs, say) {
@@ -119,6 +131,7 @@ function checkRemove(window, op, dirs, say) {
     path.join(dirs.envDir, `${op.id}.env`),
   ];
   const unlinks = [];
+  const dirSyncs = [];
   for (const name of names) {
     const u = window.find(
       (e) => e.kind === 'unlink' && e.ok && e.path === name,
@@ -128,14 +141,23 @@ function checkRemove(window, op, dirs, say) {
       continue;
     }
     unlinks.push(u);
-    checkDirSync(window, path.dirname(name), u, `unlink of ${name}`, say);
+    dirSyncs.push(
+      checkDirSync(window, path.dirname(name), u, `unlink of ${name}`, say),
+    );
   }
   if (unlinks.length === 2 && !(unlinks[0].end < unlinks[1].start)) {
     say('the env is unlinked before the meta');
   }
+  if (unlinks.length === 2 && dirSyncs[0] && dirs.envDir !== dirs.metaDir &&
+      !(dirSyncs[0].end < unlinks[1].start)) {
+    say('the env is unlinked before the meta directory is synced');
+  }
 }
 
-/** `dir` is fsync'ed, through an fd opened on it, after `after` ended. */
+/**
+ * `dir` is fsync'ed, through an fd opened on it, after `after` ended.
+ * Returns the first such sync, or null.
+ */
 function checkDirSync(window, dir, after, what, say) {
   const sync = window.find(
     (e) => e.kind === 'sync' && e.ok && e.path === dir &&
@@ -143,13 +165,14 @@ function checkDirSync(window, dir, after, what, say) {
   );
   if (!sync) {
     say(`directory ${dir} is not fsync'ed after the ${what}`);
-    return;
+    return null;
   }
   const open = window.find(
     (e) => e.kind === 'open' && e.ok && e.fd === sync.fd && e.path === dir &&
       e.end < sync.start,
   );
   if (!open) say(`the fd synced for ${dir} was not opened on it`);
+  return sync;
 }
 
 module.exports = { checkOrder };

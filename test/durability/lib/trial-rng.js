@@ -4,8 +4,11 @@
 
 const { randomInt } = require('node:crypto');
 
-/** The seed in env `name` when set, else a fresh random one. */
-function seedFrom(name) {
+/**
+ * The seed in env `name` when set, else `fallback` when given (a fixed
+ * seed, so that every run tries the same cases), else a fresh random one.
+ */
+function seedFrom(name, fallback) {
   const given = process.env[name];
   if (given !== undefined && given !== '') {
     const seed = Number(given);
@@ -14,6 +17,7 @@ function seedFrom(name) {
     }
     return seed >>> 0;
   }
+  if (fallback !== undefined) return fallback >>> 0;
   return randomInt(2 ** 32 - 1);
 }
 

@@ -531,7 +531,11 @@ export class DiskStorage extends EventEmitter {
     const metaStats = await this.backend.statFiles(
       unclaimed.map((id) => this.metaPath(id)),
     );
-    const orphans = unclaimed.filter((_, i) => isMissing(metaStats[i]));
+    // A message being removed has no meta for a moment before its env
+    // goes too; one with a call under way in this thread is no orphan.
+    const orphans = unclaimed.filter(
+      (id, i) => isMissing(metaStats[i]) && !perMessage.has(this.metaPath(id)),
+    );
     if (orphans.length === 0) return;
     const envStats = await this.backend.statFiles(
       orphans.map((id) => this.envPath(id)),
@@ -1206,17 +1210,36 @@ async function syncDirBestEffort(dir: string): Promise<void> {
 }
 
 /**
- * mkdir -p, resolving with the first directory it made (undefined when
- * none). A file where a directory should be is ENOTDIR, as Node says for
- * a file on the way to it, not mkdir's EEXIST.
+ * mkdir -p, one level at a time, resolving with the first directory it
+ * made (undefined when none). Node's recursive mkdir reports an EIO or
+ * ENOSPC of mkdir as the ENOENT of a later step, which would turn a
+ * full disk into a permanent error; here each mkdir's own error is the
+ * answer. A file where a directory should be is ENOTDIR, not EEXIST.
  */
 async function mkdirOrNotDir(dir: string): Promise<string | undefined> {
-  try {
-    return await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    throw notADirectory(dir, 'mkdir');
+  const missing: string[] = [];
+  for (let d = dir; ; d = path.dirname(d)) {
+    const st = await fs.stat(d).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return null;
+      throw err;
+    });
+    if (st !== null) {
+      if (!st.isDirectory()) throw notADirectory(d, 'mkdir');
+      break;
+    }
+    missing.unshift(d);
+    if (path.dirname(d) === d) break;
   }
+  for (const d of missing) {
+    try {
+      await fs.mkdir(d, { mode: 0o700 });
+    } catch (err) {
+      // Made meanwhile by someone else: fine if it is a directory.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if (!(await fs.stat(d)).isDirectory()) throw notADirectory(d, 'mkdir');
+    }
+  }
+  return missing[0];
 }
 
 function notADirectory(dir: string, syscall: string): NodeJS.ErrnoException {

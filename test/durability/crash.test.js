@@ -43,19 +43,6 @@ const IN_PLACE = 10;
 const BIG = 50 * 1024 * 1024;
 const BIG_KILLS = 9;
 
-/**
- * Library bugs a check here runs into, skipped with the reason until
- * fixed; SLIMTA_KNOWN_BUGS=1 runs them anyway.
- */
-const KNOWN_BUGS = {
-  'load beside remove':
-    "load()'s pass over envelopes without a meta (src/disk-storage.ts) " +
-    'quarantines the envelope of a message whose remove() is under way in ' +
-    'the same store, between its meta unlink and its env unlink, once the ' +
-    'envelope is older than graceMs: a false damage report, and the ' +
-    'removed message kept in the quarantine directory',
-};
-
 console.log(`crash trials: SLIMTA_CRASH_SEED=${SEED}, ${TRIALS} per backend`);
 
 const totals = {
@@ -315,11 +302,6 @@ for (const [b, io] of BACKENDS.entries()) {
     });
 
     it('load() beside removes under way in the same store quarantines nothing', async function () {
-      const bug = KNOWN_BUGS['load beside remove'];
-      if (!process.env.SLIMTA_KNOWN_BUGS) {
-        console.log(`      (skipped, library bug: ${bug})`);
-        this.skip();
-      }
       const dir = path.join(root, 'beside');
       const grace = 100;
       const store = openStore(dir, io, { graceMs: grace });

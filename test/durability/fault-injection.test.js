@@ -111,21 +111,6 @@ const INIT_CASES = [
 ];
 
 /**
- * Cases that fail today because of a library bug, skipped with the bug's
- * description until it is fixed; SLIMTA_KNOWN_BUGS=1 runs them anyway.
- */
-const KNOWN_BUGS = {
-  'init mkdir':
-    'prepareDirs() makes the directories with fs.mkdir({recursive: true}), ' +
-    'which reports an mkdir that failed with EIO or ENOSPC as the ENOENT ' +
-    'of its stat of the missing directory (and so not retryable)',
-  'init fsync':
-    'prepareDirs() ignores errors of the parent directory syncs ' +
-    '(syncDirBestEffort) and does not sync the parents again on the next ' +
-    'init',
-};
-
-/**
  * What a write leaves when unlink fails from a step on, the undo's
  * unlinks included. Once a name is linked and its tmp name cannot be
  * dropped, the write rejects but leaves its envelope, or the whole
@@ -799,11 +784,6 @@ for (const io of BACKENDS) {
       const target = c.syscall === 'mkdir'
         ? 'the mkdir of a queue directory' : 'the fsync of its parent';
       it(`the first call: ${target} (${c.error}) rejects, the next call succeeds`, async function () {
-        const bug = KNOWN_BUGS[`init ${c.syscall}`];
-        if (bug && !process.env.SLIMTA_KNOWN_BUGS) {
-          console.log(`      (skipped, library bug: ${bug})`);
-          this.skip();
-        }
         totals.trials++;
         const r = initResults[i];
         const events = parseTrace(fs.readFileSync(c.traceFile, 'utf8'));

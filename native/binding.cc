@@ -62,8 +62,8 @@ struct Job {
   napi_ref resource = nullptr;
 
   // The Buffers written from. Referenced, not copied: the chain's
-  // uv_buf_t point into their memory, so it must outlive the last
-  // request of the plan, even when JavaScript drops every Buffer. A
+  // uv_buf_t point into their memory, so it must outlive the plan's
+  // last request or job, even when JavaScript drops every Buffer. A
   // reference keeps the object, not the memory, which goes with the
   // ArrayBuffer's backing store: an ArrayBuffer transferred or detached
   // meanwhile may be freed under the chain. N-API offers no hold on the

@@ -24,19 +24,23 @@ struct dir_syncer {
   bool shared = true;
 
   uv_fs_t req;
+  uv_work_t work;
   fs_gate_turn turn;
   uv_file fd = -1;
+  int fsync_error = 0;
+  int close_error = 0;
   uint64_t generation = 0;
   fs_result result;
 
-  // Set once the fsync is submitted: from then on a caller's name may
-  // postdate the fsync's start, so it waits for the next sync.
+  // Set once the job that makes the fsync is submitted: from then on a
+  // caller's name may postdate the fsync's start, so it waits for the
+  // next sync.
   bool syncing = false;
 
   // Covered by the sync running now.
   std::vector<dir_sync_wait*> current;
 
-  // Asked once its fsync was submitted: they wait for the next sync.
+  // Asked once its fsync job was submitted: they wait for the next sync.
   std::vector<dir_sync_wait*> next;
 };
 
@@ -90,64 +94,58 @@ void finish(dir_syncer* s) {
   }
 }
 
-// 3: close the directory; its error counts only if the sync went well.
-void on_close(uv_fs_t* req) {
-  dir_syncer* s = syncer_of(req);
-  ssize_t r = end_req(s);
+// 2 and 3, as one job: fsync the directory, then close it. Every name
+// made in it before the fsync started is durable once it returns. The
+// close's error counts only if the sync went well. On the pool thread,
+// libuv makes each call in place, as it does when given no callback;
+// the job touches nothing but its own fields until it ends.
+void fsync_and_close(uv_work_t* work) {
+  dir_syncer* s = static_cast<dir_syncer*>(work->data);
+  uv_fs_t req;
+  s->fsync_error = uv_fs_fsync(s->group->loop, &req, s->fd, nullptr);
+  uv_fs_req_cleanup(&req);
+  s->close_error = uv_fs_close(s->group->loop, &req, s->fd, nullptr);
+  uv_fs_req_cleanup(&req);
+}
+
+// A failed fsync is counted in the group before anyone hears of it, for
+// chains whose names it may have cost (see dir_sync.h). A job that
+// could not run made neither call: the directory is closed here, on the
+// loop's thread, rather than left open.
+void on_fsync_and_close(uv_work_t* work, int status) {
+  dir_syncer* s = static_cast<dir_syncer*>(work->data);
+  fs_gate_leave(s->group->gate);
+  if (status < 0) {
+    uv_fs_t req;
+    uv_fs_close(s->group->loop, &req, s->fd, nullptr);
+    uv_fs_req_cleanup(&req);
+    s->fsync_error = status;
+    s->close_error = 0;
+  }
   s->fd = -1;
-  if (r < 0) set_error(s, r, "close", false);
 
-  finish(s);
-}
-
-// A close that cannot be submitted is made at once, on the loop's
-// thread, rather than leave the fd open.
-void close_now(fs_gate_turn* turn) {
-  dir_syncer* s = syncer_of(turn);
-  int r = uv_fs_close(s->group->loop, &s->req, s->fd, on_close);
-  if (r == 0) return;
-
-  end_req(s);
-  uv_fs_t now;
-  r = uv_fs_close(s->group->loop, &now, s->fd, nullptr);
-  uv_fs_req_cleanup(&now);
-  s->fd = -1;
-  if (r < 0) set_error(s, r, "close", false);
-  finish(s);
-}
-
-void close_dir(dir_syncer* s) {
-  fs_gate_enter(s->group->gate, &s->turn, close_now);
-}
-
-// 2: fsync the directory: every name made in it before this call
-// started is durable once it returns. A failure is counted in the group
-// at once, for chains whose names it may have cost (see dir_sync.h).
-void on_fsync(uv_fs_t* req) {
-  dir_syncer* s = syncer_of(req);
-  ssize_t r = end_req(s);
-  if (r < 0) {
-    set_error(s, r, "fsync", true);
+  if (s->fsync_error < 0) {
+    set_error(s, s->fsync_error, "fsync", true);
     s->group->failed_fsyncs++;
     s->group->last_failure = s->result;
   }
+  if (s->close_error < 0) set_error(s, s->close_error, "close", false);
 
-  close_dir(s);
+  finish(s);
 }
 
 // Everyone in `current` asked before this point, so their names were
-// made before the fsync starts.
+// made before the fsync starts. From here on the job may start the
+// fsync at any moment, so later callers wait for the next sync.
 void fsync_now(fs_gate_turn* turn) {
   dir_syncer* s = syncer_of(turn);
   s->syncing = true;
   s->generation = ++s->group->started;
 
-  int r = uv_fs_fsync(s->group->loop, &s->req, s->fd, on_fsync);
-  if (r == 0) return;
-
-  end_req(s);
-  set_error(s, r, "fsync", true);
-  close_dir(s);
+  s->work.data = s;
+  int r = uv_queue_work(s->group->loop, &s->work, fsync_and_close,
+                        on_fsync_and_close);
+  if (r < 0) on_fsync_and_close(&s->work, r);
 }
 
 // 1: open the directory read-only; that is all fsync needs. An fd opened

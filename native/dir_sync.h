@@ -8,6 +8,13 @@
 // between. Many concurrent plans then share a few fsyncs instead of one
 // each.
 //
+// A sync is two trips through the pool: the open, a request of its own,
+// then one job that makes the fsync and the close. Callers join until
+// that job is submitted, since its pool thread may start the fsync at
+// once; every name of a caller who joined was made before that, so
+// before the fsync starts. Joining while the open runs is safe too: an
+// fd opened before a name was made still syncs it.
+//
 // A failed fsync fails every caller it covered, and it also counts for
 // names made before it ended by callers it did not cover: after a failed
 // fsync Linux may drop the directory's dirty state and report the error
@@ -44,8 +51,8 @@ struct dir_sync_group_t {
 
   // Read only: how many fsyncs of the group's syncs, shared or alone,
   // have failed, and how the last one failed (syscall "fsync", the
-  // directory in path). Counted when the fsync ends, before any caller
-  // hears of it.
+  // directory in path). Counted when the job that made the fsync ends,
+  // before any caller hears of it.
   uint64_t failed_fsyncs = 0;
   fs_result last_failure;
 
@@ -70,7 +77,7 @@ struct dir_sync_wait {
   dir_sync_cb cb = nullptr;
 };
 
-// Calls cb on the loop's thread once a sync of `path` whose fsync was
+// Calls cb on the loop's thread once a sync of `path` whose fsync job was
 // submitted after this call has ended. A failed sync fails every wait
 // it covered.
 void dir_sync_request(dir_sync_group_t* group, const std::string& path,

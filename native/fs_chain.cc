@@ -23,25 +23,24 @@ constexpr int kCloexec = 0;
 constexpr int kTmpFlags = UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL |
                           UV_FS_O_NOFOLLOW | kCloexec;
 
-// The steps, in the order a plan runs them; each request's callback
-// starts the next request.
+// The steps, in the order a plan runs them. A write_tmp or publish step
+// is one job on a pool thread, which makes the step's calls one after
+// another; the other steps are one request each. Each job's or
+// request's callback starts the next.
 void run_step(fs_chain_t* c);
-void open_tmp(fs_chain_t* c);
-void write_some(fs_chain_t* c);
-void write_now(fs_chain_t* c);
-void datasync(fs_chain_t* c);
-void close_tmp(fs_chain_t* c);
-void publish(fs_chain_t* c);
-void unlink_published_tmp(fs_chain_t* c);
 void replace(fs_chain_t* c);
 void unlink_step(fs_chain_t* c);
 void sync_dir(fs_chain_t* c);
 void next_step(fs_chain_t* c);
+void write_tmp_work(fs_chain_t* c);
+void write_tmp_done(fs_chain_t* c, int status);
+void start_publish(fs_chain_t* c);
+void publish_work(fs_chain_t* c);
+void publish_done(fs_chain_t* c, int status);
 
-// The way out: on failure, close and undo; then report.
+// The way out: on failure, undo; then report.
 void fail(fs_chain_t* c, int err, const char* syscall,
           const std::string* path, const std::string* dest = nullptr);
-void close_after_failure(fs_chain_t* c);
 void start_undo(fs_chain_t* c);
 void undo_next(fs_chain_t* c);
 void done(fs_chain_t* c);
@@ -53,6 +52,10 @@ uv_fs_t* req_of(fs_chain_t* c) {
 
 fs_chain_t* chain_of(uv_fs_t* req) {
   return static_cast<fs_chain_t*>(req->data);
+}
+
+fs_chain_t* chain_of(uv_work_t* work) {
+  return static_cast<fs_chain_t*>(work->data);
 }
 
 fs_chain_step& current(fs_chain_t* c) {
@@ -86,22 +89,25 @@ void on_turn(fs_gate_turn* turn) {
   c->submit(c);
 }
 
-// Calls `submit`, which starts one request, once the gate has a slot.
+// Calls `submit`, which starts one request or job, once the gate has a
+// slot.
 void in_turn(fs_chain_t* c, void (*submit)(fs_chain_t*)) {
   c->submit = submit;
   c->turn.data = c;
   fs_gate_enter(c->gate, &c->turn, on_turn);
 }
 
-// Between two requests: once stopped, start nothing more of the plan.
+// Between two requests or jobs: once stopped, start nothing more of the
+// plan.
 bool go_on(fs_chain_t* c) {
   if (!c->stopping) return true;
   fail(c, UV_ECANCELED, nullptr, nullptr);
   return false;
 }
 
-// Called as a link, rename or unlink is submitted: from the first one
-// on, a failed fsync of the group may cost the chain a name.
+// Called as a link, rename or unlink, or the job making one, is
+// submitted: from the first one on, a failed fsync of the group may
+// cost the chain a name.
 void changing_names(fs_chain_t* c) {
   if (c->changed_names) return;
   c->changed_names = true;
@@ -113,14 +119,101 @@ void forget_tmp(fs_chain_t* c, const std::string& name) {
   names.erase(std::remove(names.begin(), names.end(), name), names.end());
 }
 
+// Jobs. The work runs on a pool thread, holding one slot of the gate,
+// and touches only the step and c->job; the loop thread leaves both
+// alone until `job_done` runs on it. A job that could not run (status
+// < 0) made no call: it fails as its first call would.
+void job_work(uv_work_t* work) {
+  fs_chain_t* c = chain_of(work);
+  c->job_work(c);
+}
+
+void job_after(uv_work_t* work, int status) {
+  fs_chain_t* c = chain_of(work);
+  fs_gate_leave(c->gate);
+  c->job_done(c, status);
+}
+
+void start_job(fs_chain_t* c) {
+  c->job = fs_chain_job();
+  c->work.data = c;
+  int r = uv_queue_work(c->loop, &c->work, job_work, job_after);
+  if (r < 0) job_after(&c->work, r);
+}
+
+void job_error(fs_chain_t* c, int err, const char* syscall,
+               const std::string* path = nullptr,
+               const std::string* dest = nullptr) {
+  c->job.error = err;
+  c->job.syscall = syscall;
+  c->job.path = path;
+  c->job.dest = dest;
+}
+
+void fail_job(fs_chain_t* c) {
+  const fs_chain_job& j = c->job;
+  fail(c, j.error, j.syscall, j.path, j.dest);
+}
+
+// In a job, libuv makes each uv_fs_* call in place, blocking the pool
+// thread, as it does when given no callback; the loop is only recorded
+// in the request. Each returns the call's result and cleans up.
+int open_now(fs_chain_t* c, const char* path, int flags, int mode) {
+  uv_fs_t req;
+  int r = uv_fs_open(c->loop, &req, path, flags, mode, nullptr);
+  uv_fs_req_cleanup(&req);
+  return r;
+}
+
+// The count written fits an int: a call carries less than 1 GiB.
+int write_now(fs_chain_t* c, uv_file fd, const uv_buf_t* bufs,
+              unsigned n, int64_t offset) {
+  uv_fs_t req;
+  int r = uv_fs_write(c->loop, &req, fd, bufs, n, offset, nullptr);
+  uv_fs_req_cleanup(&req);
+  return r;
+}
+
+int fdatasync_now(fs_chain_t* c, uv_file fd) {
+  uv_fs_t req;
+  int r = uv_fs_fdatasync(c->loop, &req, fd, nullptr);
+  uv_fs_req_cleanup(&req);
+  return r;
+}
+
+int close_now(fs_chain_t* c, uv_file fd) {
+  uv_fs_t req;
+  int r = uv_fs_close(c->loop, &req, fd, nullptr);
+  uv_fs_req_cleanup(&req);
+  return r;
+}
+
+int link_now(fs_chain_t* c, const char* path, const char* dest) {
+  uv_fs_t req;
+  int r = uv_fs_link(c->loop, &req, path, dest, nullptr);
+  uv_fs_req_cleanup(&req);
+  return r;
+}
+
+int unlink_now(fs_chain_t* c, const char* path) {
+  uv_fs_t req;
+  int r = uv_fs_unlink(c->loop, &req, path, nullptr);
+  uv_fs_req_cleanup(&req);
+  return r;
+}
+
 void run_step(fs_chain_t* c) {
   if (c->step == c->steps.size()) return done(c);
 
   switch (current(c).op) {
     case FS_CHAIN_WRITE_TMP:
-      return in_turn(c, open_tmp);
+      c->job_work = write_tmp_work;
+      c->job_done = write_tmp_done;
+      return in_turn(c, start_job);
     case FS_CHAIN_PUBLISH:
-      return in_turn(c, publish);
+      c->job_work = publish_work;
+      c->job_done = publish_done;
+      return in_turn(c, start_publish);
     case FS_CHAIN_REPLACE:
       return in_turn(c, replace);
     case FS_CHAIN_UNLINK:
@@ -137,166 +230,124 @@ void next_step(fs_chain_t* c) {
   if (go_on(c)) run_step(c);
 }
 
-// write_tmp, 1: create the tmp file. O_EXCL makes a leftover or planted
-// file an error instead of something to write through, and O_NOFOLLOW
-// keeps a symlink at the name from sending the body elsewhere.
-void on_open_tmp(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  fs_chain_step& s = current(c);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "open", &s.path);
-
-  c->fd = static_cast<uv_file>(r);
-  c->tmp_names.push_back(s.path);
-  c->buf_index = 0;
-  c->buf_offset = 0;
-  c->file_offset = 0;
-  if (go_on(c)) write_some(c);
-}
-
-void open_tmp(fs_chain_t* c) {
-  fs_chain_step& s = current(c);
-  int r = uv_fs_open(c->loop, req_of(c), s.path.c_str(), kTmpFlags, 0600,
-                     on_open_tmp);
-  if (r < 0) not_queued(c, r, "open", &s.path);
-}
-
-// write_tmp, 2: write the body. A call may take fewer bytes than it was
+// write_tmp, as one job: open, write, fdatasync, close.
+//
+// Writes the whole body. A call may take fewer bytes than it was
 // offered, so each call starts where the last one stopped, and no call
-// carries 1 GiB or more. The bytes are the caller's own memory, which
+// carries 1 GiB or more, nor more than kMaxWriteBufs buffers. The bytes are the caller's own memory, which
 // it keeps alive until the chain reports.
-void write_some(fs_chain_t* c) {
+void write_body(fs_chain_t* c, uv_file fd) {
   const std::vector<uv_buf_t>& bufs = current(c).bufs;
-  while (c->buf_index < bufs.size() &&
-         c->buf_offset == bufs[c->buf_index].len) {
-    c->buf_index++;
-    c->buf_offset = 0;
-  }
-  if (c->buf_index == bufs.size()) return in_turn(c, datasync);
-
-  in_turn(c, write_now);
-}
-
-// Moves the write position past n bytes written.
-void advance(fs_chain_t* c, size_t n) {
-  const std::vector<uv_buf_t>& bufs = current(c).bufs;
-  while (n > 0) {
-    size_t left = bufs[c->buf_index].len - c->buf_offset;
-    if (n < left) {
-      c->buf_offset += n;
-      return;
+  std::vector<uv_buf_t> iov;
+  size_t index = 0;
+  size_t offset = 0;
+  int64_t file_offset = 0;
+  for (;;) {
+    while (index < bufs.size() && offset == bufs[index].len) {
+      index++;
+      offset = 0;
     }
-    n -= left;
-    c->buf_index++;
-    c->buf_offset = 0;
-  }
-}
+    if (index == bufs.size()) return;
 
-void on_write(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "write", nullptr);
-
-  // A regular file that takes no byte at all will not take the next
-  // ones either: fail rather than spin.
-  if (r == 0) return fail(c, UV_EIO, "write", nullptr);
-
-  advance(c, static_cast<size_t>(r));
-  c->file_offset += r;
-  if (go_on(c)) write_some(c);
-}
-
-void write_now(fs_chain_t* c) {
-  const std::vector<uv_buf_t>& bufs = current(c).bufs;
-  c->iov.clear();
-  size_t room = kMaxWriteBytes;
-  size_t offset = c->buf_offset;
-  for (size_t i = c->buf_index; i < bufs.size(); i++) {
-    if (room == 0 || c->iov.size() == kMaxWriteBufs) break;
-    size_t len = std::min(bufs[i].len - offset, room);
-    if (len > 0) {
-      char* base = bufs[i].base + offset;
-      c->iov.push_back(uv_buf_init(base, static_cast<unsigned>(len)));
+    iov.clear();
+    size_t room = kMaxWriteBytes;
+    size_t skip = offset;
+    for (size_t i = index; i < bufs.size(); i++) {
+      if (room == 0 || iov.size() == kMaxWriteBufs) break;
+      size_t len = std::min(bufs[i].len - skip, room);
+      if (len > 0) {
+        char* base = bufs[i].base + skip;
+        iov.push_back(uv_buf_init(base, static_cast<unsigned>(len)));
+      }
+      room -= len;
+      skip = 0;
     }
-    room -= len;
-    offset = 0;
+
+    unsigned n = static_cast<unsigned>(iov.size());
+    int r = write_now(c, fd, iov.data(), n, file_offset);
+    if (r < 0) return job_error(c, r, "write");
+
+    // A regular file that takes no byte at all will not take the next
+    // ones either: fail rather than spin.
+    if (r == 0) return job_error(c, UV_EIO, "write");
+
+    file_offset += r;
+    size_t left = static_cast<size_t>(r);
+    while (left > 0) {
+      size_t rest = bufs[index].len - offset;
+      if (left < rest) {
+        offset += left;
+        break;
+      }
+      left -= rest;
+      index++;
+      offset = 0;
+    }
+  }
+}
+
+// O_EXCL makes a leftover or planted file an error instead of something
+// to write through, and O_NOFOLLOW keeps a symlink at the name from
+// sending the body elsewhere. The fdatasync puts the body on the disk
+// before any name points at it, so a crash after the publish can never
+// expose a short file; it covers the size too, and the name is made
+// durable later by the sync_dir step. The file is closed whatever
+// failed; a failed close still releases the fd, and its error counts
+// only when all else went well.
+void write_tmp_work(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int fd = open_now(c, s.path.c_str(), kTmpFlags, 0600);
+  if (fd < 0) return job_error(c, fd, "open", &s.path);
+
+  c->job.made = true;
+  write_body(c, fd);
+  if (c->job.error == 0) {
+    int r = fdatasync_now(c, fd);
+    if (r < 0) job_error(c, r, "fdatasync");
   }
 
-  unsigned n = static_cast<unsigned>(c->iov.size());
-  int r = uv_fs_write(c->loop, req_of(c), c->fd, c->iov.data(), n,
-                      c->file_offset, on_write);
-  if (r < 0) not_queued(c, r, "write", nullptr);
+  int r = close_now(c, fd);
+  if (r < 0 && c->job.error == 0) job_error(c, r, "close");
 }
 
-// write_tmp, 3: flush the body to the disk before any name points at
-// it, so a crash after the publish can never expose a short file.
-// fdatasync covers the size too; the name is made durable later by the
-// sync_dir step.
-void on_datasync(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "fdatasync", nullptr);
-  if (go_on(c)) in_turn(c, close_tmp);
-}
+void write_tmp_done(fs_chain_t* c, int status) {
+  fs_chain_step& s = current(c);
+  if (status < 0) return fail(c, status, "open", &s.path);
 
-void datasync(fs_chain_t* c) {
-  int r = uv_fs_fdatasync(c->loop, req_of(c), c->fd, on_datasync);
-  if (r < 0) not_queued(c, r, "fdatasync", nullptr);
-}
-
-// write_tmp, 4: close. A failed close still releases the fd, so it is
-// never closed twice.
-void on_close_tmp(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  ssize_t r = end_req(req);
-  c->fd = -1;
-  if (r < 0) return fail(c, r, "close", nullptr);
+  if (c->job.made) c->tmp_names.push_back(s.path);
+  if (c->job.error < 0) return fail_job(c);
 
   next_step(c);
 }
 
-void close_tmp(fs_chain_t* c) {
-  int r = uv_fs_close(c->loop, req_of(c), c->fd, on_close_tmp);
-  if (r < 0) not_queued(c, r, "close", nullptr);
+// publish, as one job: link the file under its final name, then drop
+// the tmp name; the file lives on under the new one. Unlike rename,
+// link never replaces: an existing name fails with EEXIST, so one
+// message is never written over another.
+void publish_work(fs_chain_t* c) {
+  fs_chain_step& s = current(c);
+  int r = link_now(c, s.path.c_str(), s.dest.c_str());
+  if (r < 0) return job_error(c, r, "link", &s.path, &s.dest);
+
+  c->job.made = true;
+  r = unlink_now(c, s.path.c_str());
+  if (r < 0) job_error(c, r, "unlink", &s.path);
 }
 
-// publish, 1: link the file under its final name. Unlike rename, link
-// never replaces: an existing name fails with EEXIST, so one message is
-// never written over another.
-void on_publish_link(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  fs_chain_step& s = current(c);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "link", &s.path, &s.dest);
-
-  c->published.push_back(s.dest);
-  if (go_on(c)) in_turn(c, unlink_published_tmp);
-}
-
-void publish(fs_chain_t* c) {
-  fs_chain_step& s = current(c);
+void start_publish(fs_chain_t* c) {
   changing_names(c);
-  int r = uv_fs_link(c->loop, req_of(c), s.path.c_str(), s.dest.c_str(),
-                     on_publish_link);
-  if (r < 0) not_queued(c, r, "link", &s.path, &s.dest);
+  start_job(c);
 }
 
-// publish, 2: drop the tmp name; the file lives on under the new one.
-void on_publish_unlink(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
+void publish_done(fs_chain_t* c, int status) {
   fs_chain_step& s = current(c);
-  ssize_t r = end_req(req);
-  if (r < 0) return fail(c, r, "unlink", &s.path);
+  if (status < 0) return fail(c, status, "link", &s.path, &s.dest);
+
+  if (c->job.made) c->published.push_back(s.dest);
+  if (c->job.error < 0) return fail_job(c);
 
   forget_tmp(c, s.path);
   next_step(c);
-}
-
-void unlink_published_tmp(fs_chain_t* c) {
-  fs_chain_step& s = current(c);
-  int r = uv_fs_unlink(c->loop, req_of(c), s.path.c_str(),
-                       on_publish_unlink);
-  if (r < 0) not_queued(c, r, "unlink", &s.path);
 }
 
 // replace: rename swaps the name over in one go; a reader sees the old
@@ -380,9 +431,8 @@ void sync_dir(fs_chain_t* c) {
   dir_sync_alone(c->group, s.path, &c->dir_wait, on_dir_synced);
 }
 
-// On failure: record the first error, then undo, 1: close the file the
-// failed step left open. Its error is ignored; the fd is released
-// either way.
+// On failure: record the first error, then undo. A job has closed its
+// file by then, whatever failed.
 void fail(fs_chain_t* c, int err, const char* syscall,
           const std::string* path, const std::string* dest) {
   c->failed = true;
@@ -391,33 +441,10 @@ void fail(fs_chain_t* c, int err, const char* syscall,
   if (path != nullptr) c->result.path = *path;
   if (dest != nullptr) c->result.dest = *dest;
 
-  if (c->fd < 0) return start_undo(c);
-
-  in_turn(c, close_after_failure);
-}
-
-void on_close_after_failure(uv_fs_t* req) {
-  fs_chain_t* c = chain_of(req);
-  end_req(req);
   start_undo(c);
 }
 
-// A close that cannot be queued is made at once, on the loop's thread,
-// rather than leave the fd open.
-void close_after_failure(fs_chain_t* c) {
-  uv_file fd = c->fd;
-  c->fd = -1;
-  int r = uv_fs_close(c->loop, req_of(c), fd, on_close_after_failure);
-  if (r == 0) return;
-
-  end_req(&c->req);
-  uv_fs_t now;
-  uv_fs_close(c->loop, &now, fd, nullptr);
-  uv_fs_req_cleanup(&now);
-  start_undo(c);
-}
-
-// Undo, 2: unlink what the plan made. The operation is reported as
+// Undo: unlink what the plan made. The operation is reported as
 // failed, so nothing of it may stay: tmp files still under their tmp
 // name, and names it published. They go from the back of the list, the
 // name published last first, so that a kill half-way never leaves a

@@ -1,10 +1,12 @@
-// A plan of file-system steps run as one chain of libuv requests: each
-// request's callback starts the next, so the caller hears back once per
-// plan. Every request waits for a slot of the chain's gate, and gives it
-// back when it ends, so a chain holds no slot between two requests, nor
-// while it waits for a shared directory sync. Knows nothing of
-// JavaScript; the caller owns the memory behind every uv_buf_t until the
-// chain's callback has run.
+// A plan of file-system steps run as one chain of trips through libuv's
+// pool: a write_tmp or a publish step is one job, whose pool thread
+// makes the step's uv_fs calls one after another; any other step is one
+// uv_fs request. Each trip's callback starts the next, so the caller
+// hears back once per plan. Every trip waits for a slot of the chain's
+// gate, and gives it back when it ends, so a chain holds no slot between
+// two trips, nor while it waits for a shared directory sync. Knows
+// nothing of JavaScript; the caller owns the memory behind every
+// uv_buf_t until the chain's callback has run.
 
 #ifndef SLIMTA_FS_CHAIN_H
 #define SLIMTA_FS_CHAIN_H
@@ -49,6 +51,16 @@ struct fs_chain_t;
 
 typedef void (*fs_chain_cb)(fs_chain_t* chain);
 
+// Private: how a job of the chain ended. `made`: write_tmp, the tmp
+// file was created; publish, the new name was linked.
+struct fs_chain_job {
+  int error = 0;
+  const char* syscall = nullptr;
+  const std::string* path = nullptr;
+  const std::string* dest = nullptr;
+  bool made = false;
+};
+
 struct fs_chain_t {
   // Filled in by the caller before fs_chain_start().
   std::vector<fs_chain_step> steps;
@@ -72,17 +84,16 @@ struct fs_chain_t {
 
   // Private.
   uv_fs_t req;
+  uv_work_t work;
+  fs_chain_job job;
+  void (*job_work)(fs_chain_t* chain) = nullptr;
+  void (*job_done)(fs_chain_t* chain, int status) = nullptr;
   fs_gate_turn turn;
   void (*submit)(fs_chain_t* chain) = nullptr;
   dir_sync_wait dir_wait;
   uv_loop_t* loop = nullptr;
   fs_chain_cb cb = nullptr;
   size_t step = 0;
-  uv_file fd = -1;
-  size_t buf_index = 0;
-  size_t buf_offset = 0;
-  int64_t file_offset = 0;
-  std::vector<uv_buf_t> iov;
   std::vector<std::string> tmp_names;
   std::vector<std::string> published;
   std::vector<std::string> undo;
@@ -95,15 +106,17 @@ struct fs_chain_t {
 // Runs every step in order and then calls cb once, on the loop's thread.
 // On the first failure the chain closes its open file, unlinks the tmp
 // files and published names it created, and reports the failing call.
+// A write_tmp step closes its file within its job, on failure too.
 // A chain runs once: start a fresh fs_chain_t, never one that has run.
 void fs_chain_start(uv_loop_t* loop, fs_chain_t* chain, fs_chain_cb cb);
 
-// Asks a running chain to start no further step. What is under way ends
-// first: the request in flight, or the directory sync the chain waits
-// for, which cannot be cut short. If that completed the plan (it was
-// the last request or sync, and it succeeded), the chain reports
-// success; else it undoes its work as on failure, with that request's
-// error or UV_ECANCELED, and calls cb as usual. A chain stopped while
+// Asks a running chain to start no further trip. What is under way ends
+// first: the job or request in flight (a write_tmp job writes and syncs
+// the whole file), or the directory sync the chain waits for, none of
+// which can be cut short. If that completed the plan (it was the last
+// trip or sync, and it succeeded), the chain reports success; else it
+// undoes its work as on failure, with that trip's error or
+// UV_ECANCELED, and calls cb as usual. A chain stopped while
 // it waits for its turn at the gate goes straight to its undo.
 void fs_chain_stop(fs_chain_t* chain);
 

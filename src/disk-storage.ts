@@ -70,7 +70,11 @@ export interface DiskStorageOptions {
    * served, and holds it only while it runs: a call waiting for its turn,
    * or for a directory sync shared with other calls, holds none. Default:
    * the pool size less one (UV_THREADPOOL_SIZE, 4 unless set), at least
-   * 1, so that one thread stays free for the rest of the process.
+   * 1, so that one thread stays free for the rest of the process; stores
+   * of one thread that leave this unset share that one cap and their
+   * directory syncs, so a failed directory fsync of one fails the calls
+   * under way in all of them. A store given a value has a cap of its own,
+   * on top of that share.
    *
    * Apart from that, at most 128 writes, updates and removals of one store
    * are under way at once; later ones wait in JavaScript, holding neither
@@ -242,7 +246,10 @@ export class DiskStorage extends EventEmitter {
     );
     this.readOnly = options.readOnly ?? false;
     this.graceMs = graceMs;
-    this.backend = chooseBackend(io, { groupCommit, maxInFlight });
+    this.backend = chooseBackend(io, {
+      groupCommit,
+      maxInFlight: options.maxInFlight,
+    });
   }
 
   /** The backend actually in use (after any fallback). */

@@ -63,32 +63,61 @@ interface DirSync {
 }
 
 /**
+ * A share of the pool, as a gate of the addon is: its slots, the
+ * directory syncs of the plans that pass them, and the failed fsyncs
+ * among those, shared or alone.
+ */
+interface Share {
+  slots: Limiter;
+  dirSyncs: Map<string, DirSync>;
+  failedFsyncs: number;
+  lastFailure: NodeJS.ErrnoException | null;
+}
+
+function newShare(maxInFlight: number): Share {
+  return {
+    slots: new Limiter(maxInFlight),
+    dirSyncs: new Map(),
+    failedFsyncs: 0,
+    lastFailure: null,
+  };
+}
+
+// The share of the backends that keep the default maxInFlight; each
+// thread loads this module, and so has its own.
+let defaultShare: Share | null = null;
+
+/**
  * Runs plans with node:fs/promises, one awaited call per system call:
  * the same steps, failure and undo rules, and error codes as the native
  * backend, for where the addon cannot load. Each awaited call takes a
- * slot of the backend's gate, as each request does in the addon, and
- * group commit works as there: directory syncs are shared by the plans
- * of this backend.
+ * slot of the backend's gate, as each request does in the addon: a gate
+ * of its own when maxInFlight is given, else the one the thread's other
+ * such backends share. Group commit works as there: directory syncs are
+ * shared by the plans of one gate.
  *
  * As there, a failed directory fsync counts for every plan that had
  * changed a name before it ended: after a failure Linux may drop the
  * directory's dirty state and report the error only once, so a later
  * fsync may succeed without having written that name. A plan's sync_dir
- * step fails when any fsync of this backend failed after the plan's
- * first link, rename or unlink was made, even if its own sync succeeded.
+ * step fails when any fsync of its gate failed after the plan's first
+ * link, rename or unlink was made, even if its own sync succeeded.
  */
 export class JsBackend implements Backend {
   readonly name = 'js' as const;
   private readonly groupCommit: boolean;
+  private readonly share: Share;
   private readonly gate: Limiter;
-  private readonly dirSyncs = new Map<string, DirSync>();
-  /** Directory fsyncs that failed, shared or alone, and the last one. */
-  private failedFsyncs = 0;
-  private lastFailure: NodeJS.ErrnoException | null = null;
 
   constructor(options: BackendOptions = {}) {
     this.groupCommit = options.groupCommit ?? true;
-    this.gate = new Limiter(options.maxInFlight ?? defaultMaxInFlight());
+    if (options.maxInFlight !== undefined) {
+      this.share = newShare(options.maxInFlight);
+    } else {
+      defaultShare ??= newShare(defaultMaxInFlight());
+      this.share = defaultShare;
+    }
+    this.gate = this.share.slots;
   }
 
   async run(steps: Step[]): Promise<void> {
@@ -96,9 +125,10 @@ export class JsBackend implements Backend {
     const made: Made = { tmpNames: [], published: [] };
     // The failed fsyncs counted when the first link, rename or unlink
     // of the plan was made: any failed after may have cost its names.
+    const share = this.share;
     let seen: number | null = null;
     const changing = () => {
-      seen ??= this.failedFsyncs;
+      seen ??= share.failedFsyncs;
     };
     try {
       for (const step of plan) {
@@ -110,8 +140,8 @@ export class JsBackend implements Backend {
         // synced, hence this comes after the link or rename it covers.
         if (this.groupCommit) await this.sharedSyncDir(step.path);
         else await this.syncDir(step.path);
-        if (seen !== null && this.failedFsyncs > seen) {
-          throw copyError(this.lastFailure as NodeJS.ErrnoException);
+        if (seen !== null && share.failedFsyncs > seen) {
+          throw copyError(share.lastFailure as NodeJS.ErrnoException);
         }
       }
     } catch (err) {
@@ -185,7 +215,8 @@ export class JsBackend implements Backend {
   private sharedSyncDir(dir: string): Promise<void> {
     return new Promise((resolve, reject) => {
       const waiter = { resolve, reject };
-      const running = this.dirSyncs.get(dir);
+      const { dirSyncs } = this.share;
+      const running = dirSyncs.get(dir);
       if (running) {
         (running.syncing ? running.next : running.covered).push(waiter);
         return;
@@ -195,7 +226,7 @@ export class JsBackend implements Backend {
         next: [],
         syncing: false,
       };
-      this.dirSyncs.set(dir, sync);
+      dirSyncs.set(dir, sync);
       void this.syncInTurns(dir, sync);
     });
   }
@@ -214,7 +245,7 @@ export class JsBackend implements Backend {
       sync.next = [];
       sync.syncing = false;
     }
-    this.dirSyncs.delete(dir);
+    this.share.dirSyncs.delete(dir);
   }
 
   // `starting` runs right before the fsync is submitted, in the same
@@ -231,8 +262,8 @@ export class JsBackend implements Backend {
           await fh.sync();
         } catch (err) {
           const failure = withPath(err as NodeJS.ErrnoException, dir);
-          this.failedFsyncs++;
-          this.lastFailure = failure;
+          this.share.failedFsyncs++;
+          this.share.lastFailure = failure;
           throw failure;
         }
       }),

@@ -70,6 +70,20 @@ function started<T>(value: Promise<T>, call: string): Promise<T> {
 let binding: RawBinding | null = null;
 let loadError: Error | null = null;
 
+// The gate of the backends that keep the default maxInFlight, one per
+// binding. This module is loaded once per thread, as the addon's state
+// is made once per thread, so each thread has its own.
+const sharedGates = new WeakMap<RawBinding, RawGate>();
+
+function sharedGate(raw: RawBinding): RawGate {
+  let gate = sharedGates.get(raw);
+  if (gate === undefined) {
+    gate = raw.create_gate(defaultMaxInFlight());
+    sharedGates.set(raw, gate);
+  }
+  return gate;
+}
+
 /**
  * Runs plans as one chain of libuv requests in the addon, returning to
  * JavaScript once per plan. The Buffers of a plan are written from in
@@ -77,10 +91,11 @@ let loadError: Error | null = null;
  * what is written, and transferring or detaching its ArrayBuffer before
  * then may have freed memory written (see {@link RawBinding.run_plan}).
  *
- * Every request passes the backend's gate in the addon, which keeps the
- * backend within {@link BackendOptions.maxInFlight} pool threads; with
- * group commit, the directory syncs of its concurrent plans are shared
- * there too: see {@link BackendOptions.groupCommit}.
+ * Every request passes the backend's gate in the addon, which keeps it
+ * within {@link BackendOptions.maxInFlight} pool threads: a gate of its
+ * own when maxInFlight is given, else the one the thread's other such
+ * backends share. With group commit, the directory syncs of the plans
+ * of one gate are shared there too: see {@link BackendOptions.groupCommit}.
  */
 export class NativeBackend implements Backend {
   readonly name = 'native' as const;
@@ -92,7 +107,10 @@ export class NativeBackend implements Backend {
     options: BackendOptions = {},
   ) {
     this.groupCommit = options.groupCommit ?? true;
-    this.gate = raw.create_gate(options.maxInFlight ?? defaultMaxInFlight());
+    this.gate =
+      options.maxInFlight === undefined
+        ? sharedGate(raw)
+        : raw.create_gate(options.maxInFlight);
   }
 
   async run(steps: Step[]): Promise<void> {

@@ -82,11 +82,21 @@ export interface BackendOptions {
    */
   groupCommit?: boolean;
   /**
-   * The most threads of libuv's pool the backend holds at once (default
-   * the pool size less one, at least 1): every file-system request
-   * waits for a free slot, first come first served, and holds it only
-   * while it runs. A plan between two requests, or waiting for a shared
-   * directory sync, holds none, so any number of plans may be under way.
+   * The most threads of libuv's pool the backend holds at once: every
+   * file-system request waits for a free slot, first come first served,
+   * and holds it only while it runs. A plan between two requests, or
+   * waiting for a shared directory sync, holds none, so any number of
+   * plans may be under way.
+   *
+   * Unset, the backend shares one gate with every backend of its kind in
+   * its thread that leaves it unset: together they hold at most the pool
+   * size less one (UV_THREADPOOL_SIZE, 4 unless set), at least 1, read
+   * when the first of them is made. They share directory syncs and the
+   * count of failed fsyncs too, so a failed directory fsync of one
+   * backend fails the plans under way in all of them that changed a name
+   * before it ended: conservative, never less durable. A backend given
+   * maxInFlight has a gate of its own with that cap, which adds to the
+   * shared one's.
    */
   maxInFlight?: number;
 }
@@ -94,7 +104,7 @@ export interface BackendOptions {
 /**
  * What both backends provide. Each call holds at most one thread of
  * libuv's pool at a time: steps, reads and lstats run one after another;
- * all calls of one backend together hold at most `maxInFlight`.
+ * all calls of one gate together hold at most `maxInFlight`.
  */
 export interface Backend {
   readonly name: 'native' | 'js';

@@ -150,9 +150,11 @@ function traceFault(dir, when, syscalls, args) {
   };
 }
 
+// The fsyncs of `dir`'s descriptor. A call that strace split has only
+// "fd</dir> <unfinished ...>" on its first line, so no ")" is required.
 function fsyncsOf(calls, dir) {
   return calls.filter(
-    (c) => c.name === 'fsync' && c.args.includes(`<${dir}>)`),
+    (c) => c.name === 'fsync' && c.args.includes(`<${dir}>`),
   );
 }
 

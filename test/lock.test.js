@@ -1,39 +1,124 @@
 'use strict';
-// The queue lock: shared by the stores of one process, refused to another
-// live process, taken over from a dead one (even after pid reuse), and
-// won by exactly one of several processes racing for a stale lock.
+// The queue lock: shared by the stores of one thread, refused to another
+// live process or thread, taken over from a dead one (even after pid
+// reuse), never judged stale across PID namespaces, and won by exactly
+// one of several processes racing for a stale lock.
 
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
+const { Worker } = require('node:worker_threads');
 
 const { useTempDir, rejects } = require('./helpers');
 const { acquireLock, releaseLock } = require('../dist/lock.js');
 
 const DIST_LOCK = path.resolve(__dirname, '..', 'dist', 'lock.js');
+const OWNER = path.join(__dirname, 'fixtures', 'lock-owner.js');
+const THREAD = path.join(__dirname, 'fixtures', 'lock-thread.js');
 
-function identityOf(pid) {
-  const boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
-  const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  return `${pid} ${boot} ${start}`;
+const BOOT = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
+const nsOf = (type) => fs.readlinkSync(`/proc/self/ns/${type}`).replace(/^\w+:\[(\d+)\]$/, '$1');
+const PIDNS = nsOf('pid');
+
+/** Field 22 of a thread's stat, its start time in clock ticks. */
+function startOf(pid, tid = pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+}
+
+/** A lock naming the main thread of process `pid`, as this version writes it. */
+function identityOf(pid, fields = {}) {
+  const f = { pid, tid: pid, start: startOf(pid), boot: BOOT, pidns: PIDNS, thread: 0, ...fields };
+  return (
+    `v2 pid=${f.pid} tid=${f.tid} start=${f.start} boot=${f.boot}` +
+    ` pidns=${f.pidns} thread=${f.thread}`
+  );
+}
+
+/** A lock naming process `pid` as the previous version wrote it. */
+function oldIdentityOf(pid, start = startOf(pid)) {
+  return `${pid} ${BOOT} ${start}`;
+}
+
+/** The fields of a lock file this version wrote. */
+function ownerOf(file) {
+  const [version, ...rest] = fs.readFileSync(file, 'latin1').trim().split(' ');
+  assert.equal(version, 'v2');
+  return Object.fromEntries(rest.map((kv) => kv.split('=')));
+}
+
+function assertMine(file) {
+  const o = ownerOf(file);
+  assert.equal(o.pid, String(process.pid));
+  assert.equal(o.tid, String(process.pid));
+  assert.equal(o.start, startOf(process.pid));
+  assert.equal(o.boot, BOOT);
+  assert.equal(o.pidns, PIDNS);
+  assert.equal(o.thread, '0');
 }
 
 function sleeper() {
   return spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)']);
 }
 
+/** Runs a process to its end and gives its pid; a pid that is now free. */
+function deadPid() {
+  const r = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' });
+  return Number(r.stdout.trim());
+}
+
+/** The first JSON line a child prints. */
+function firstLine(child) {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.stdout.on('data', (d) => {
+      out += d;
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)));
+    });
+    child.once('exit', (code, signal) => reject(new Error(`child ended (${code ?? signal}) first: ${err}`)));
+  });
+}
+
+function killed(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  return done;
+}
+
+/** A worker running fixtures/lock-thread.js; `next()` gives its next message. */
+function lockThread(workerData) {
+  const worker = new Worker(THREAD, { workerData });
+  const queue = [];
+  const waiting = [];
+  worker.on('message', (m) => (waiting.length ? waiting.shift()(m) : queue.push(m)));
+  worker.on('error', (err) => {
+    const m = { error: String(err.stack) };
+    if (waiting.length) waiting.shift()(m);
+    else queue.push(m);
+  });
+  const exited = new Promise((r) => worker.once('exit', r));
+  return {
+    worker,
+    exited,
+    next: () => (queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => waiting.push(r))),
+  };
+}
+
 describe('the queue lock', function () {
-  this.timeout(30000);
+  this.timeout(60000);
   const tmp = useTempDir();
   const lockFile = () => path.join(tmp(), '.lock');
 
-  it('is shared by stores of one process and removed when the last releases it', async function () {
+  it('is shared by stores of one thread and removed when the last releases it', async function () {
     const a = await acquireLock(tmp());
     const b = await acquireLock(tmp());
     assert.equal(a, lockFile());
-    assert.equal(fs.readFileSync(a, 'latin1').trim(), identityOf(process.pid));
+    assertMine(a);
     await releaseLock(a);
     assert.ok(fs.existsSync(lockFile()), 'released while another store holds it');
     await releaseLock(b);
@@ -51,29 +136,68 @@ describe('the queue lock', function () {
       assert.equal(err.retryable, true);
       assert.equal(err.message, `queue '${tmp()}' is in use by process ${child.pid}`);
     } finally {
-      child.kill();
+      await killed(child);
     }
+  });
+
+  it('honours a lock the previous version wrote ("pid boot start") while its process runs', async function () {
+    const child = sleeper();
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      fs.writeFileSync(lockFile(), oldIdentityOf(child.pid) + '\n');
+      const err = await rejects(acquireLock(tmp()));
+      assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+      assert.equal(err.message, `queue '${tmp()}' is in use by process ${child.pid}`);
+      assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), oldIdentityOf(child.pid));
+    } finally {
+      await killed(child);
+    }
+  });
+
+  it('takes over a lock the previous version wrote before the last boot', async function () {
+    fs.writeFileSync(lockFile(), `${process.pid} 00000000-0000-0000-0000-000000000000 1\n`);
+    await acquireLock(tmp());
+    assertMine(lockFile());
+    await releaseLock(lockFile());
+  });
+
+  it('does not take over a lock of the previous version whose process may run in another PID namespace', async function () {
+    // The previous version did not record the namespace: a dead pid here
+    // may be a live owner there, so the lock is left for a person to clear.
+    const pid = deadPid();
+    fs.writeFileSync(lockFile(), oldIdentityOf(pid, '1') + '\n');
+    const err = await rejects(acquireLock(tmp()));
+    assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+    assert.match(err.message, new RegExp(`process ${pid}\\b.*older version.*PID namespace`));
+    assert.ok(err.message.includes(`remove '${lockFile()}'`), err.message);
+    assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), oldIdentityOf(pid, '1'));
   });
 
   it('takes over a lock whose pid now belongs to another process (pid reuse)', async function () {
     const child = sleeper();
     try {
       await new Promise((r) => child.once('spawn', r));
-      const reused = identityOf(child.pid).replace(/ \d+$/, ' 1');
-      fs.writeFileSync(lockFile(), reused + '\n');
+      fs.writeFileSync(lockFile(), identityOf(child.pid, { start: '1' }) + '\n');
       await acquireLock(tmp());
-      assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), identityOf(process.pid));
+      assertMine(lockFile());
       await releaseLock(lockFile());
     } finally {
-      child.kill();
+      await killed(child);
     }
+  });
+
+  it('takes over a lock from before the last boot, whatever its PID namespace', async function () {
+    fs.writeFileSync(lockFile(), identityOf(process.pid, { boot: 'another-boot', pidns: '1' }) + '\n');
+    await acquireLock(tmp());
+    assertMine(lockFile());
+    await releaseLock(lockFile());
   });
 
   it('takes over an empty lock and one left by a dead taker', async function () {
     fs.writeFileSync(lockFile(), '');
     fs.writeFileSync(path.join(tmp(), '.lock.takeover'), '999999999 x 1\n');
     await acquireLock(tmp());
-    assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), identityOf(process.pid));
+    assertMine(lockFile());
     assert.ok(!fs.existsSync(path.join(tmp(), '.lock.takeover')));
     await releaseLock(lockFile());
   });
@@ -105,5 +229,105 @@ describe('the queue lock', function () {
       assert.ok(outcomes.every((o) => o === 'won' || o === 'ERR_QUEUE_LOCKED'), outcomes.join(', '));
       fs.rmSync(lockFile());
     }
+  });
+
+  describe('across PID namespaces', function () {
+    before(function () {
+      const why =
+        typeof process.getuid === 'function' && process.getuid() !== 0
+          ? 'not root'
+          : spawnSync('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'true']).status !== 0
+            ? 'unshare --pid --fork --mount-proc --kill-child is missing or refused'
+            : null;
+      if (why) {
+        console.log(`    (skipped: ${why}; these tests start an owner in a PID namespace of its own)`);
+        this.skip();
+      }
+    });
+
+    const inNamespace = (...args) =>
+      spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, ...args]);
+
+    it('refuses a lock whose owner lives in another PID namespace, alive or not, until it is removed by hand', async function () {
+      const owner = inNamespace(OWNER, tmp());
+      try {
+        assert.deepEqual(await firstLine(owner), { owned: 1 });
+        const check = async () => {
+          const err = await rejects(acquireLock(tmp()));
+          assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+          assert.match(err.message, /in use by process 1 of another PID namespace/);
+          assert.ok(err.message.includes(`remove '${lockFile()}'`), err.message);
+        };
+        await check();
+        const o = ownerOf(lockFile());
+        assert.equal(o.pid, '1');
+        assert.notEqual(o.pidns, PIDNS);
+        await killed(owner);
+        // Gone or not, it cannot be told from here: the lock stays.
+        await check();
+        assert.equal(ownerOf(lockFile()).pidns, o.pidns);
+      } finally {
+        await killed(owner);
+      }
+      fs.rmSync(lockFile());
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
+    });
+
+    it('is refused, in a PID namespace of its own, the lock of an owner outside it', async function () {
+      await acquireLock(tmp());
+      const other = inNamespace(OWNER, tmp());
+      try {
+        const r = await firstLine(other);
+        assert.equal(r.code, 'ERR_QUEUE_LOCKED');
+        assert.match(r.message, new RegExp(`in use by process ${process.pid} of another PID namespace`));
+        assertMine(lockFile());
+      } finally {
+        await killed(other);
+        await releaseLock(lockFile());
+      }
+    });
+  });
+
+  describe('between threads', function () {
+    it('refuses a second thread of the process while the owner thread holds it', async function () {
+      const file = await acquireLock(tmp());
+      const t = lockThread({ dir: tmp(), then: 'release' });
+      try {
+        const r = await t.next();
+        assert.equal(r.code, 'ERR_QUEUE_LOCKED', JSON.stringify(r));
+        assert.match(r.message, /in use by thread 0 of this process/);
+      } finally {
+        await t.worker.terminate();
+        await releaseLock(file);
+      }
+    });
+
+    it('lets another thread take it once the owner thread has released it', async function () {
+      const t = lockThread({ dir: tmp(), then: 'release' });
+      const r = await t.next();
+      assert.ok(r.owned > 0, JSON.stringify(r));
+      assert.equal(ownerOf(lockFile()).thread, String(r.owned));
+      assert.equal(await t.next(), 'released');
+      assert.ok(!fs.existsSync(lockFile()), 'the owner thread released, but the lock file stays');
+      await t.exited;
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
+    });
+
+    it('takes over the lock of an owner thread that ended without releasing it', async function () {
+      const t = lockThread({ dir: tmp(), then: 'hold' });
+      const r = await t.next();
+      assert.ok(r.owned > 0, JSON.stringify(r));
+      const err = await rejects(acquireLock(tmp()));
+      assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+      assert.match(err.message, new RegExp(`in use by thread ${r.owned} of this process`));
+      await t.worker.terminate();
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
+    });
   });
 });

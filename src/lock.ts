@@ -11,13 +11,14 @@
  * The lock is a file naming its owner thread, in one line (wrapped here):
  *
  *   v2 pid=<pid> tid=<tid> start=<ticks> boot=<boot id> pidns=<inode>
- *      thread=<n>
+ *      timens=<inode> thread=<n>
  *
  * pid and tid are the process and the kernel thread as numbered in the
  * owner's PID namespace, start the thread's start time (field 22 of its
- * /proc stat), boot the kernel's boot id, pidns the inode of the owner's
- * /proc/self/ns/pid, thread its worker_threads threadId (0 in the main
- * thread); "-" where /proc could not tell. The previous version
+ * /proc stat), boot the kernel's boot id, pidns and timens the inodes of
+ * the owner's /proc/self/ns/pid and ns/time (start times read in another
+ * time namespace are shifted), thread its worker_threads threadId (0 in
+ * the main thread); "-" where /proc could not tell. The previous version
  * wrote "<pid> <boot id> <start>" (or "<pid>" without /proc); such a lock
  * is still read and honoured.
  *
@@ -63,6 +64,7 @@ interface Owner {
   start: string | null;
   boot: string | null;
   pidns: string | null;
+  timens: string | null;
   thread: number | null;
   /** Written by the previous version: no namespace, no thread. */
   old: boolean;
@@ -112,6 +114,7 @@ function self(): Self {
     start,
     boot: readOr('/proc/sys/kernel/random/boot_id')?.trim() || null,
     pidns: nsOf('pid', linkOr('/proc/self/ns/pid')),
+    timens: nsOf('time', linkOr('/proc/self/ns/time')),
     thread: threadId,
     old: false,
   };
@@ -123,7 +126,7 @@ function formatOwner(o: Owner): string {
   const v = (x: string | number | null) => (x === null ? '-' : String(x));
   return (
     `v2 pid=${o.pid} tid=${v(o.tid)} start=${v(o.start)} boot=${v(o.boot)}` +
-    ` pidns=${v(o.pidns)} thread=${v(o.thread)}`
+    ` pidns=${v(o.pidns)} timens=${v(o.timens)} thread=${v(o.thread)}`
   );
 }
 
@@ -152,6 +155,7 @@ function parseOwner(text: string): Owner | null {
       start: str('start'),
       boot: str('boot'),
       pidns: str('pidns'),
+      timens: str('timens'),
       thread: num('thread'),
       old: false,
     };
@@ -166,6 +170,7 @@ function parseOwner(text: string): Owner | null {
       start: words[2] ?? null,
       boot: words[1] ?? null,
       pidns: null,
+      timens: null,
       thread: null,
       old: true,
     };
@@ -189,6 +194,7 @@ function verdict(o: Owner, file: string): Verdict {
     o.start === i.start &&
     o.boot === i.boot &&
     o.pidns === i.pidns &&
+    o.timens === i.timens &&
     o.thread === i.thread
   ) {
     return { kind: 'mine' };
@@ -224,6 +230,19 @@ function verdict(o: Owner, file: string): Verdict {
   }
 
   const thread = `thread ${o.thread ?? '?'} of this process`;
+  if (o.pid !== i.pid && o.timens !== i.timens) {
+    // Start times are shown shifted by the reader's time namespace, so
+    // one taken in another cannot be compared: the pid is all there is.
+    return exists(o.pid)
+      ? {
+          kind: 'alive',
+          who: `process ${o.pid}`,
+          note:
+            ' (of another time namespace, so a pid reused since looks ' +
+            'alive too)',
+        }
+      : DEAD;
+  }
   if (!i.procIsOurs || o.tid === null || o.start === null) {
     // No /proc of this namespace to look the thread up in.
     if (o.pid === i.pid) {

@@ -20,6 +20,7 @@ const THREAD = path.join(__dirname, 'fixtures', 'lock-thread.js');
 const BOOT = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
 const nsOf = (type) => fs.readlinkSync(`/proc/self/ns/${type}`).replace(/^\w+:\[(\d+)\]$/, '$1');
 const PIDNS = nsOf('pid');
+const TIMENS = nsOf('time');
 
 /** Field 22 of a thread's stat, its start time in clock ticks. */
 function startOf(pid, tid = pid) {
@@ -29,10 +30,10 @@ function startOf(pid, tid = pid) {
 
 /** A lock naming the main thread of process `pid`, as this version writes it. */
 function identityOf(pid, fields = {}) {
-  const f = { pid, tid: pid, start: startOf(pid), boot: BOOT, pidns: PIDNS, thread: 0, ...fields };
+  const f = { pid, tid: pid, start: startOf(pid), boot: BOOT, pidns: PIDNS, timens: TIMENS, thread: 0, ...fields };
   return (
     `v2 pid=${f.pid} tid=${f.tid} start=${f.start} boot=${f.boot}` +
-    ` pidns=${f.pidns} thread=${f.thread}`
+    ` pidns=${f.pidns} timens=${f.timens} thread=${f.thread}`
   );
 }
 
@@ -55,6 +56,7 @@ function assertMine(file) {
   assert.equal(o.start, startOf(process.pid));
   assert.equal(o.boot, BOOT);
   assert.equal(o.pidns, PIDNS);
+  assert.equal(o.timens, TIMENS);
   assert.equal(o.thread, '0');
 }
 
@@ -287,6 +289,46 @@ describe('the queue lock', function () {
         await killed(other);
         await releaseLock(lockFile());
       }
+    });
+  });
+
+  describe('across time namespaces', function () {
+    before(function () {
+      const why =
+        typeof process.getuid === 'function' && process.getuid() !== 0
+          ? 'not root'
+          : !fs.existsSync('/proc/self/ns/time') ||
+              spawnSync('unshare', ['--time', '--fork', '--boottime', '100000', '--kill-child', 'true']).status !== 0
+            ? 'no time namespaces, or unshare --time is missing or refused'
+            : null;
+      if (why) {
+        console.log(`    (skipped: ${why}; this test starts an owner in a time namespace of its own)`);
+        this.skip();
+      }
+    });
+
+    it('refuses a lock whose owner reads start times shifted by another time namespace', async function () {
+      // Same PID namespace: the owner's pid is valid here, but the start
+      // time it recorded is 100000 s off the one this process reads.
+      const owner = spawn('unshare', [
+        '--time', '--fork', '--boottime', '100000', '--kill-child', process.execPath, OWNER, tmp(),
+      ]);
+      try {
+        const { owned } = await firstLine(owner);
+        assert.notEqual(ownerOf(lockFile()).start, startOf(owned));
+        const err = await rejects(acquireLock(tmp()));
+        assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+        assert.match(err.message, new RegExp(`in use by process ${owned} \\(of another time namespace`));
+        await killed(owner);
+        // --kill-child ends it once unshare has ended; then it is reaped.
+        for (let i = 0; i < 100 && fs.existsSync(`/proc/${owned}`); i++) await new Promise((r) => setTimeout(r, 50));
+      } finally {
+        await killed(owner);
+      }
+      // Gone, it is taken over as any other.
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
     });
   });
 

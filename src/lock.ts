@@ -42,7 +42,9 @@
  * instead would let another owner in while those still run.)
  *
  * A lock is created by linking a finished file into place, so nobody ever
- * reads a lock whose owner has not been written yet.
+ * reads a lock whose owner has not been written yet. Drafts and takeover
+ * files left by killed processes are cleared by the next process that
+ * takes the lock.
  */
 
 import { randomBytes } from 'node:crypto';
@@ -54,8 +56,12 @@ import { threadId } from 'node:worker_threads';
 import { LockedError } from './errors';
 
 const LOCK_NAME = '.lock';
+/** Every file of the lock but the lock itself: drafts and claims. */
+const DEBRIS_PREFIX = '.lock.';
 const TAKEOVER_NAME = '.lock.takeover';
 const ATTEMPTS = 3;
+/** A draft or claim lives for a few file operations; one older is left over. */
+const DEBRIS_AGE_MS = 60_000;
 
 /** Who holds or held a lock, as read from its file. */
 interface Owner {
@@ -332,7 +338,9 @@ async function acquire(dir: string): Promise<string> {
   const i = self();
   for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
     if (await createWith(file, i.line)) {
-      return hold(file);
+      hold(file);
+      await clearDebris(dir);
+      return file;
     }
     const seen = await readLock(file);
     if (seen === null) continue; // released meanwhile
@@ -399,6 +407,33 @@ async function takeOver(
   }
 }
 
+/**
+ * Removes the drafts and claims that killed processes left: those whose
+ * owner is dead, and any older than a few file operations could take.
+ * Called holding the lock, so every stale lock they were about is gone.
+ */
+async function clearDebris(dir: string): Promise<void> {
+  try {
+    const names: string[] = [];
+    for await (const entry of await fs.opendir(dir, { bufferSize: 1024 })) {
+      if (entry.name.startsWith(DEBRIS_PREFIX)) names.push(entry.name);
+    }
+    for (const name of names) {
+      const file = path.join(dir, name);
+      const st = await fs.lstat(file).catch(() => null);
+      if (!st || !st.isFile()) continue;
+      const text = await readText(file).catch(() => null);
+      if (text === null) continue;
+      const owner = parseOwner(text);
+      const v = owner ? verdict(owner, file) : null;
+      const old = Date.now() - st.mtimeMs > DEBRIS_AGE_MS;
+      if (v?.kind === 'dead' || v?.kind === 'mine' || old) await unlinkOr(file);
+    }
+  } catch {
+    // Clearing is tidying; the lock is taken all the same.
+  }
+}
+
 /** The lock file's inode and content; null when there is no such file. */
 async function readLock(
   file: string,
@@ -424,6 +459,14 @@ async function readText(file: string): Promise<string | null> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw err;
+  }
+}
+
+async function unlinkOr(file: string): Promise<void> {
+  try {
+    await fs.unlink(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }
 

@@ -1,8 +1,8 @@
 'use strict';
 // The queue lock: shared by the stores of one thread, refused to another
 // live process or thread, taken over from a dead one (even after pid
-// reuse), never judged stale across PID namespaces, and won by exactly
-// one of several processes racing for a stale lock.
+// reuse), never judged stale across PID namespaces, won by exactly one of
+// several processes racing for a stale lock, and leaving no debris.
 
 const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
@@ -230,6 +230,54 @@ describe('the queue lock', function () {
       assert.equal(winners, 1, `round ${round}: ${outcomes.join(', ')}`);
       assert.ok(outcomes.every((o) => o === 'won' || o === 'ERR_QUEUE_LOCKED'), outcomes.join(', '));
       fs.rmSync(lockFile());
+    }
+  });
+
+  it('clears drafts and takeovers left by dead processes when it takes the lock, not those of live ones', async function () {
+    const dead = deadPid();
+    const child = sleeper();
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      const deadOwner = identityOf(process.pid, { pid: dead, tid: dead });
+      // Debris whose owner is provably dead goes at once.
+      const deadNow = {
+        // Killed between writing a draft and linking it into place.
+        [`.lock.${dead}.0123abcd`]: deadOwner,
+        // A taker killed midway, of a lock long gone.
+        [`.lock.take.0123456789abcdef.0`]: deadOwner,
+        [`.lock.take.0123456789abcdef.0.${dead}.01234567`]: deadOwner,
+        // The previous version's takeover, from an earlier boot.
+        '.lock.takeover': `${dead} 00000000-0000-0000-0000-000000000000 1`,
+      };
+      // Debris that cannot be judged goes once it is older than any of
+      // the few file operations a live process keeps it for.
+      const judgedByAge = {
+        // Killed before the identity was written.
+        [`.lock.${dead}.4567cdef`]: '',
+        // The previous version's draft and takeover: no namespace.
+        [`.lock.${dead}.89abcdef`]: oldIdentityOf(dead, '1'),
+        [`.lock.takeover.${dead}.fedcba98`]: oldIdentityOf(dead, '1'),
+        // From another PID namespace.
+        [`.lock.${dead}.76543210`]: identityOf(process.pid, { pid: dead, tid: dead, pidns: '1' }),
+      };
+      const kept = {
+        [`.lock.${child.pid}.fedcba98`]: identityOf(child.pid),
+        [`.lock.take.fedcba9876543210.0`]: identityOf(child.pid),
+        [`.lock.${child.pid}.00000000`]: '',
+        [`.lock.1.11111111`]: identityOf(process.pid, { pid: 1, tid: 1, pidns: '1' }),
+        unrelated: '',
+      };
+      for (const [name, content] of Object.entries({ ...deadNow, ...judgedByAge, ...kept })) {
+        fs.writeFileSync(path.join(tmp(), name), content ? content + '\n' : '');
+      }
+      const old = new Date(Date.now() - 120000);
+      for (const name of Object.keys(judgedByAge)) fs.utimesSync(path.join(tmp(), name), old, old);
+
+      await acquireLock(tmp());
+      assert.deepEqual(fs.readdirSync(tmp()).sort(), ['.lock', ...Object.keys(kept)].sort());
+      await releaseLock(lockFile());
+    } finally {
+      await killed(child);
     }
   });
 

@@ -42,12 +42,17 @@
  * instead would let another owner in while those still run.)
  *
  * A lock is created by linking a finished file into place, so nobody ever
- * reads a lock whose owner has not been written yet. Drafts and takeover
- * files left by killed processes are cleared by the next process that
- * takes the lock.
+ * reads a lock whose owner has not been written yet. A stale lock is
+ * removed by the one process that claims it: claims are files named after
+ * the stale lock (its inode and content) and a generation, created the
+ * same way; a claim whose taker died is followed by one of the next
+ * generation, never removed while the stale lock is there, so two takers
+ * never act at once, and the taker removes the lock only if it still is
+ * the one it judged. Drafts and claims left by killed processes are
+ * cleared by the next process that takes the lock.
  */
 
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
@@ -58,8 +63,10 @@ import { LockedError } from './errors';
 const LOCK_NAME = '.lock';
 /** Every file of the lock but the lock itself: drafts and claims. */
 const DEBRIS_PREFIX = '.lock.';
-const TAKEOVER_NAME = '.lock.takeover';
+/** `.lock.take.<key of the stale lock>.<generation>` */
+const CLAIM_PREFIX = '.lock.take.';
 const ATTEMPTS = 3;
+const GENERATIONS = 64;
 /** A draft or claim lives for a few file operations; one older is left over. */
 const DEBRIS_AGE_MS = 60_000;
 
@@ -379,32 +386,53 @@ function hold(file: string): string {
 }
 
 /**
- * Removes a stale lock. Only one process may do so at a time, or two could
- * each remove the other's fresh lock: creating the takeover file elects
- * that one. A takeover file whose creator died is cleared for the next
- * attempt.
+ * Removes the stale lock `seen`, if it still is at `file`. Only its
+ * claimer may: the one that creates claim generation n, after the
+ * claimers of 0..n-1 have died. While the stale lock is there no claim
+ * of it is removed, so no two live claimers act at once; once it is gone
+ * they can do no harm, since it never comes back.
  */
 async function takeOver(
   dir: string,
   file: string,
   seen: { ino: bigint; text: string },
 ): Promise<void> {
-  const marker = path.join(dir, TAKEOVER_NAME);
-  if (!(await createWith(marker, self().line))) {
-    const text = await readText(marker);
-    const taker = text === null ? null : parseOwner(text);
-    if (taker !== null && verdict(taker, marker).kind === 'alive') {
-      throw new LockedError(`queue '${dir}' is being taken over; try again`);
+  const key = createHash('sha256')
+    .update(`${seen.ino}\n${seen.text}`)
+    .digest('hex')
+    .slice(0, 16);
+  const claim = (n: number) => path.join(dir, `${CLAIM_PREFIX}${key}.${n}`);
+  for (let n = 0; n < GENERATIONS; n++) {
+    if (await createWith(claim(n), self().line)) {
+      let gone = false;
+      try {
+        const now = await readLock(file);
+        if (now !== null && now.ino === seen.ino && now.text === seen.text) {
+          await unlinkOr(file);
+        }
+        gone = true;
+      } finally {
+        // Once the stale lock is gone the older claims go too; before,
+        // only this one, which no other taker may follow while we live.
+        if (gone) for (let m = 0; m < n; m++) await unlinkOr(claim(m));
+        await unlinkOr(claim(n));
+      }
+      return;
     }
-    await fs.unlink(marker).catch(() => undefined);
-    return;
+    const text = await readText(claim(n));
+    if (text === null) return; // that taker is done: look again
+    const taker = parseOwner(text);
+    const v = taker ? verdict(taker, claim(n)) : DEAD;
+    // 'mine': left by a failed attempt of this thread, whose lock calls
+    // run one at a time.
+    if (v.kind === 'alive') {
+      throw new LockedError(
+        `queue '${dir}' is being taken over by ${v.who}` +
+          (v.byHand ? v.note : '; try again'),
+      );
+    }
   }
-  try {
-    const now = await readLock(file);
-    if (now !== null && now.text === seen.text) await fs.unlink(file);
-  } finally {
-    await fs.unlink(marker).catch(() => undefined);
-  }
+  throw new LockedError(`queue '${dir}' lock is contended; try again`);
 }
 
 /**

@@ -6,6 +6,7 @@
 
 const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
+const { createHash } = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const { Worker } = require('node:worker_threads');
@@ -16,6 +17,7 @@ const { acquireLock, releaseLock } = require('../dist/lock.js');
 const DIST_LOCK = path.resolve(__dirname, '..', 'dist', 'lock.js');
 const OWNER = path.join(__dirname, 'fixtures', 'lock-owner.js');
 const THREAD = path.join(__dirname, 'fixtures', 'lock-thread.js');
+const JITTER = path.join(__dirname, 'fixtures', 'fs-jitter.js');
 
 const BOOT = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
 const nsOf = (type) => fs.readlinkSync(`/proc/self/ns/${type}`).replace(/^\w+:\[(\d+)\]$/, '$1');
@@ -204,17 +206,36 @@ describe('the queue lock', function () {
     await releaseLock(lockFile());
   });
 
-  it('lets exactly one of eight processes racing for a stale lock win', async function () {
-    for (let round = 0; round < 5; round++) {
-      fs.writeFileSync(lockFile(), '999999999 dead 1\n');
+  it('lets exactly one of twelve processes racing for a stale lock win, and keep it', async function () {
+    // Each round starts with a stale lock and a takeover left by a dead
+    // taker, so the racers also race to clear that. The racers start
+    // together; a winner checks, after the others are done, that the lock
+    // still names it. Any other error (ENOENT) fails the test.
+    const racers = 12;
+    for (let round = 0; round < 8; round++) {
+      fs.writeFileSync(lockFile(), `999999999 dead 1\n`);
+      fs.writeFileSync(path.join(tmp(), '.lock.takeover'), `999999999 dead 1\n`);
+      const at = Date.now() + 1200;
       const script = `
-        require(${JSON.stringify(DIST_LOCK)}).acquireLock(process.argv[1]).then(
-          () => { console.log('won'); setTimeout(() => {}, 1500); },
-          (err) => console.log(err.code),
+        const fs = require('node:fs');
+        const { acquireLock } = require(${JSON.stringify(DIST_LOCK)});
+        const [dir, at] = [process.argv[1], Number(process.argv[2])];
+        while (Date.now() < at);
+        acquireLock(dir).then(
+          (file) => setTimeout(() => {
+            let owner = '';
+            try { owner = fs.readFileSync(file, 'latin1'); } catch {}
+            const mine = new RegExp('(^|pid=)' + process.pid + ' ').test(owner);
+            console.log(mine ? 'won' : 'won, then lost the lock');
+          }, 2000),
+          (err) => console.log(err.code === 'ERR_QUEUE_LOCKED' ? err.code : String(err.stack)),
         );
       `;
-      const children = Array.from({ length: 8 }, () =>
-        spawn(process.execPath, ['-e', script, tmp()]),
+      // Every other round, each file operation of the racers waits a
+      // little, so that their steps interleave in more orders.
+      const env = { ...process.env, SLIMTA_FS_JITTER: round % 2 ? '4' : '' };
+      const children = Array.from({ length: racers }, () =>
+        spawn(process.execPath, ['-r', JITTER, '-e', script, tmp(), String(at)], { env }),
       );
       const outcomes = await Promise.all(
         children.map(
@@ -227,9 +248,47 @@ describe('the queue lock', function () {
         ),
       );
       const winners = outcomes.filter((o) => o === 'won').length;
+      assert.ok(outcomes.every((o) => o === 'won' || o === 'ERR_QUEUE_LOCKED'), `round ${round}: ${outcomes.join(', ')}`);
       assert.equal(winners, 1, `round ${round}: ${outcomes.join(', ')}`);
-      assert.ok(outcomes.every((o) => o === 'won' || o === 'ERR_QUEUE_LOCKED'), outcomes.join(', '));
       fs.rmSync(lockFile());
+      assert.deepEqual(fs.readdirSync(tmp()), [], `round ${round}: debris left`);
+    }
+  });
+
+  /** The claim file of generation n for taking over the lock now in place. */
+  function claimOf(n) {
+    const ino = fs.statSync(lockFile(), { bigint: true }).ino;
+    const text = fs.readFileSync(lockFile(), 'latin1');
+    const key = createHash('sha256').update(`${ino}\n${text}`).digest('hex').slice(0, 16);
+    return path.join(tmp(), `.lock.take.${key}.${n}`);
+  }
+
+  it('takes over a stale lock whose first taker died midway', async function () {
+    const dead = deadPid();
+    fs.writeFileSync(lockFile(), identityOf(process.pid, { pid: dead, tid: dead }) + '\n');
+    fs.writeFileSync(claimOf(0), identityOf(process.pid, { pid: dead, tid: dead, start: '1' }) + '\n');
+    await acquireLock(tmp());
+    assertMine(lockFile());
+    assert.deepEqual(fs.readdirSync(tmp()), ['.lock']);
+    await releaseLock(lockFile());
+  });
+
+  it('leaves a stale lock to the live process that is taking it over', async function () {
+    const dead = deadPid();
+    const child = sleeper();
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      const stale = identityOf(process.pid, { pid: dead, tid: dead });
+      fs.writeFileSync(lockFile(), stale + '\n');
+      fs.writeFileSync(claimOf(0), identityOf(process.pid, { pid: dead, tid: dead, start: '1' }) + '\n');
+      fs.writeFileSync(claimOf(1), identityOf(child.pid) + '\n');
+      const err = await rejects(acquireLock(tmp()));
+      assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+      assert.equal(err.message, `queue '${tmp()}' is being taken over by process ${child.pid}; try again`);
+      assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), stale);
+      assert.equal(fs.readdirSync(tmp()).length, 3);
+    } finally {
+      await killed(child);
     }
   });
 

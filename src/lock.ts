@@ -327,25 +327,54 @@ function linkOr(file: string): string | null {
 
 // --- taking and giving back ------------------------------------------------
 
-/** Lock files held by stores of this thread, with how many hold each. */
-const holders = new Map<string, number>();
+/** Locks held by stores of this thread, by the queue directory's identity. */
+const holders = new Map<string, { count: number }>();
+/** The key of each lock file path handed out by acquireLock(). */
+const keys = new Map<string, string>();
+
+/**
+ * Lock calls of this thread run one at a time: a store releasing the lock
+ * while another takes it must not remove it under the second.
+ */
+let queue: Promise<unknown> = Promise.resolve();
+function serially<T>(fn: () => Promise<T>): Promise<T> {
+  const run = queue.then(fn, fn);
+  queue = run.catch(() => undefined);
+  return run;
+}
+
+/**
+ * The identity of a queue directory, however its path is spelt: stores of
+ * one thread that share its lock are counted under it.
+ */
+export async function lockKey(dir: string): Promise<string> {
+  const st = await fs.stat(dir, { bigint: true });
+  return `${st.dev}:${st.ino}`;
+}
 
 /** Takes the lock in `dir`; resolves with the lock file's path. */
-export async function acquireLock(dir: string): Promise<string> {
-  return acquire(dir);
+export function acquireLock(dir: string): Promise<string> {
+  return serially(() => acquire(dir));
 }
 
 /** Gives the lock back once no store of this thread holds it. */
-export async function releaseLock(file: string): Promise<void> {
-  return release(file);
+export function releaseLock(file: string): Promise<void> {
+  return serially(() => release(file));
 }
 
 async function acquire(dir: string): Promise<string> {
   const file = path.join(dir, LOCK_NAME);
+  const key = await lockKey(dir);
+  const held = holders.get(key);
+  if (held) {
+    held.count++;
+    keys.set(file, key);
+    return file;
+  }
   const i = self();
   for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
     if (await createWith(file, i.line)) {
-      hold(file);
+      hold(key, file);
       await clearDebris(dir);
       return file;
     }
@@ -354,8 +383,9 @@ async function acquire(dir: string): Promise<string> {
     const owner = parseOwner(seen.text);
     const v = owner ? verdict(owner, file) : DEAD;
     if (v.kind === 'mine') {
-      // Shared with another store of this thread.
-      return hold(file);
+      // Left by a store of this thread whose release failed.
+      hold(key, file);
+      return file;
     }
     if (v.kind === 'alive') {
       throw new LockedError(`queue '${dir}' is in use by ${v.who}${v.note}`);
@@ -366,12 +396,12 @@ async function acquire(dir: string): Promise<string> {
 }
 
 async function release(file: string): Promise<void> {
-  const count = (holders.get(file) ?? 1) - 1;
-  if (count > 0) {
-    holders.set(file, count);
-    return;
-  }
-  holders.delete(file);
+  const key = keys.get(file);
+  const held = key === undefined ? undefined : holders.get(key);
+  if (key === undefined || !held) return;
+  if (--held.count > 0) return;
+  holders.delete(key);
+  for (const [f, k] of keys) if (k === key) keys.delete(f);
   // Nobody else removes a lock whose owner lives, so it is still ours.
   const now = await readLock(file);
   if (now !== null && now.text.trim() === self().line) {
@@ -380,9 +410,9 @@ async function release(file: string): Promise<void> {
   }
 }
 
-function hold(file: string): string {
-  holders.set(file, (holders.get(file) ?? 0) + 1);
-  return file;
+function hold(key: string, file: string): void {
+  holders.set(key, { count: 1 });
+  keys.set(file, key);
 }
 
 /**

@@ -130,6 +130,38 @@ describe('the queue lock', function () {
     assert.deepEqual(fs.readdirSync(tmp()), []);
   });
 
+  it('counts the stores of one queue however its path is spelt', async function () {
+    fs.symlinkSync(tmp(), path.join(tmp(), 'link'));
+    const a = await acquireLock(tmp());
+    const b = await acquireLock(path.relative(process.cwd(), path.join(tmp(), 'link')));
+    await releaseLock(a);
+    assert.ok(fs.existsSync(lockFile()), 'released while another store holds it');
+    await releaseLock(b);
+    assert.ok(!fs.existsSync(lockFile()));
+  });
+
+  it('keeps the lock for a store that takes it while another store of the thread releases it', async function () {
+    const { jitter } = require('./fixtures/fs-jitter');
+    const undo = jitter(2);
+    try {
+      await releaseWhileAcquiring();
+    } finally {
+      undo();
+    }
+  });
+
+  async function releaseWhileAcquiring() {
+    for (let round = 0; round < 40; round++) {
+      const a = await acquireLock(tmp());
+      // The release starts at once or up to 10 ms after the acquisition.
+      const later = new Promise((r) => setTimeout(r, round % 11));
+      const [b] = await Promise.all([acquireLock(tmp()), later.then(() => releaseLock(a))]);
+      assert.ok(fs.existsSync(lockFile()), `round ${round}: a store holds the lock but its file is gone`);
+      await releaseLock(b);
+      assert.ok(!fs.existsSync(lockFile()));
+    }
+  }
+
   it('refuses a lock held by another live process, naming it', async function () {
     const child = sleeper();
     try {

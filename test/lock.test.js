@@ -1,45 +1,166 @@
 'use strict';
-// The queue lock: shared by the stores of one process, refused to another
-// live process, taken over from a dead one (even after pid reuse), and
-// won by exactly one of several processes racing for a stale lock.
+// The queue lock: shared by the stores of one thread, refused to another
+// live process or thread, taken over from a dead one (even after pid
+// reuse), never judged stale across PID namespaces, won by exactly one of
+// several processes racing for a stale lock, and leaving no debris.
 
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
+const { createHash } = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
+const { Worker } = require('node:worker_threads');
 
 const { useTempDir, rejects } = require('./helpers');
 const { acquireLock, releaseLock } = require('../dist/lock.js');
 
 const DIST_LOCK = path.resolve(__dirname, '..', 'dist', 'lock.js');
+const OWNER = path.join(__dirname, 'fixtures', 'lock-owner.js');
+const THREAD = path.join(__dirname, 'fixtures', 'lock-thread.js');
+const JITTER = path.join(__dirname, 'fixtures', 'fs-jitter.js');
 
-function identityOf(pid) {
-  const boot = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
-  const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  return `${pid} ${boot} ${start}`;
+const BOOT = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
+const nsOf = (type) => fs.readlinkSync(`/proc/self/ns/${type}`).replace(/^\w+:\[(\d+)\]$/, '$1');
+const PIDNS = nsOf('pid');
+const TIMENS = nsOf('time');
+
+/** Field 22 of a thread's stat, its start time in clock ticks. */
+function startOf(pid, tid = pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+}
+
+/** A lock naming the main thread of process `pid`, as this version writes it. */
+function identityOf(pid, fields = {}) {
+  const f = { pid, tid: pid, start: startOf(pid), boot: BOOT, pidns: PIDNS, timens: TIMENS, thread: 0, ...fields };
+  return (
+    `v2 pid=${f.pid} tid=${f.tid} start=${f.start} boot=${f.boot}` +
+    ` pidns=${f.pidns} timens=${f.timens} thread=${f.thread}`
+  );
+}
+
+/** A lock naming process `pid` as the previous version wrote it. */
+function oldIdentityOf(pid, start = startOf(pid)) {
+  return `${pid} ${BOOT} ${start}`;
+}
+
+/** The fields of a lock file this version wrote. */
+function ownerOf(file) {
+  const [version, ...rest] = fs.readFileSync(file, 'latin1').trim().split(' ');
+  assert.equal(version, 'v2');
+  return Object.fromEntries(rest.map((kv) => kv.split('=')));
+}
+
+function assertMine(file) {
+  const o = ownerOf(file);
+  assert.equal(o.pid, String(process.pid));
+  assert.equal(o.tid, String(process.pid));
+  assert.equal(o.start, startOf(process.pid));
+  assert.equal(o.boot, BOOT);
+  assert.equal(o.pidns, PIDNS);
+  assert.equal(o.timens, TIMENS);
+  assert.equal(o.thread, '0');
 }
 
 function sleeper() {
   return spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)']);
 }
 
+/** Runs a process to its end and gives its pid; a pid that is now free. */
+function deadPid() {
+  const r = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' });
+  return Number(r.stdout.trim());
+}
+
+/** The first JSON line a child prints. */
+function firstLine(child) {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.stdout.on('data', (d) => {
+      out += d;
+      const nl = out.indexOf('\n');
+      if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)));
+    });
+    child.once('exit', (code, signal) => reject(new Error(`child ended (${code ?? signal}) first: ${err}`)));
+  });
+}
+
+function killed(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  const done = new Promise((r) => child.once('exit', r));
+  child.kill('SIGKILL');
+  return done;
+}
+
+/** A worker running fixtures/lock-thread.js; `next()` gives its next message. */
+function lockThread(workerData) {
+  const worker = new Worker(THREAD, { workerData });
+  const queue = [];
+  const waiting = [];
+  worker.on('message', (m) => (waiting.length ? waiting.shift()(m) : queue.push(m)));
+  worker.on('error', (err) => {
+    const m = { error: String(err.stack) };
+    if (waiting.length) waiting.shift()(m);
+    else queue.push(m);
+  });
+  const exited = new Promise((r) => worker.once('exit', r));
+  return {
+    worker,
+    exited,
+    next: () => (queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => waiting.push(r))),
+  };
+}
+
 describe('the queue lock', function () {
-  this.timeout(30000);
+  this.timeout(60000);
   const tmp = useTempDir();
   const lockFile = () => path.join(tmp(), '.lock');
 
-  it('is shared by stores of one process and removed when the last releases it', async function () {
+  it('is shared by stores of one thread and removed when the last releases it', async function () {
     const a = await acquireLock(tmp());
     const b = await acquireLock(tmp());
     assert.equal(a, lockFile());
-    assert.equal(fs.readFileSync(a, 'latin1').trim(), identityOf(process.pid));
+    assertMine(a);
     await releaseLock(a);
     assert.ok(fs.existsSync(lockFile()), 'released while another store holds it');
     await releaseLock(b);
     assert.ok(!fs.existsSync(lockFile()));
     assert.deepEqual(fs.readdirSync(tmp()), []);
   });
+
+  it('counts the stores of one queue however its path is spelt', async function () {
+    fs.symlinkSync(tmp(), path.join(tmp(), 'link'));
+    const a = await acquireLock(tmp());
+    const b = await acquireLock(path.relative(process.cwd(), path.join(tmp(), 'link')));
+    await releaseLock(a);
+    assert.ok(fs.existsSync(lockFile()), 'released while another store holds it');
+    await releaseLock(b);
+    assert.ok(!fs.existsSync(lockFile()));
+  });
+
+  it('keeps the lock for a store that takes it while another store of the thread releases it', async function () {
+    const { jitter } = require('./fixtures/fs-jitter');
+    const undo = jitter(2);
+    try {
+      await releaseWhileAcquiring();
+    } finally {
+      undo();
+    }
+  });
+
+  async function releaseWhileAcquiring() {
+    for (let round = 0; round < 40; round++) {
+      const a = await acquireLock(tmp());
+      // The release starts at once or up to 10 ms after the acquisition.
+      const later = new Promise((r) => setTimeout(r, round % 11));
+      const [b] = await Promise.all([acquireLock(tmp()), later.then(() => releaseLock(a))]);
+      assert.ok(fs.existsSync(lockFile()), `round ${round}: a store holds the lock but its file is gone`);
+      await releaseLock(b);
+      assert.ok(!fs.existsSync(lockFile()));
+    }
+  }
 
   it('refuses a lock held by another live process, naming it', async function () {
     const child = sleeper();
@@ -51,44 +172,102 @@ describe('the queue lock', function () {
       assert.equal(err.retryable, true);
       assert.equal(err.message, `queue '${tmp()}' is in use by process ${child.pid}`);
     } finally {
-      child.kill();
+      await killed(child);
     }
+  });
+
+  it('honours a lock the previous version wrote ("pid boot start") while its process runs', async function () {
+    const child = sleeper();
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      fs.writeFileSync(lockFile(), oldIdentityOf(child.pid) + '\n');
+      const err = await rejects(acquireLock(tmp()));
+      assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+      assert.equal(err.message, `queue '${tmp()}' is in use by process ${child.pid}`);
+      assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), oldIdentityOf(child.pid));
+    } finally {
+      await killed(child);
+    }
+  });
+
+  it('takes over a lock the previous version wrote before the last boot', async function () {
+    fs.writeFileSync(lockFile(), `${process.pid} 00000000-0000-0000-0000-000000000000 1\n`);
+    await acquireLock(tmp());
+    assertMine(lockFile());
+    await releaseLock(lockFile());
+  });
+
+  it('does not take over a lock of the previous version whose process may run in another PID namespace', async function () {
+    // The previous version did not record the namespace: a dead pid here
+    // may be a live owner there, so the lock is left for a person to clear.
+    const pid = deadPid();
+    fs.writeFileSync(lockFile(), oldIdentityOf(pid, '1') + '\n');
+    const err = await rejects(acquireLock(tmp()));
+    assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+    assert.match(err.message, new RegExp(`process ${pid}\\b.*older version.*PID namespace`));
+    assert.ok(err.message.includes(`remove '${lockFile()}'`), err.message);
+    assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), oldIdentityOf(pid, '1'));
   });
 
   it('takes over a lock whose pid now belongs to another process (pid reuse)', async function () {
     const child = sleeper();
     try {
       await new Promise((r) => child.once('spawn', r));
-      const reused = identityOf(child.pid).replace(/ \d+$/, ' 1');
-      fs.writeFileSync(lockFile(), reused + '\n');
+      fs.writeFileSync(lockFile(), identityOf(child.pid, { start: '1' }) + '\n');
       await acquireLock(tmp());
-      assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), identityOf(process.pid));
+      assertMine(lockFile());
       await releaseLock(lockFile());
     } finally {
-      child.kill();
+      await killed(child);
     }
+  });
+
+  it('takes over a lock from before the last boot, whatever its PID namespace', async function () {
+    fs.writeFileSync(lockFile(), identityOf(process.pid, { boot: 'another-boot', pidns: '1' }) + '\n');
+    await acquireLock(tmp());
+    assertMine(lockFile());
+    await releaseLock(lockFile());
   });
 
   it('takes over an empty lock and one left by a dead taker', async function () {
     fs.writeFileSync(lockFile(), '');
     fs.writeFileSync(path.join(tmp(), '.lock.takeover'), '999999999 x 1\n');
     await acquireLock(tmp());
-    assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), identityOf(process.pid));
+    assertMine(lockFile());
     assert.ok(!fs.existsSync(path.join(tmp(), '.lock.takeover')));
     await releaseLock(lockFile());
   });
 
-  it('lets exactly one of eight processes racing for a stale lock win', async function () {
-    for (let round = 0; round < 5; round++) {
-      fs.writeFileSync(lockFile(), '999999999 dead 1\n');
+  it('lets exactly one of twelve processes racing for a stale lock win, and keep it', async function () {
+    // Each round starts with a stale lock and a takeover left by a dead
+    // taker, so the racers also race to clear that. The racers start
+    // together; a winner checks, after the others are done, that the lock
+    // still names it. Any other error (ENOENT) fails the test.
+    const racers = 12;
+    for (let round = 0; round < 8; round++) {
+      fs.writeFileSync(lockFile(), `999999999 dead 1\n`);
+      fs.writeFileSync(path.join(tmp(), '.lock.takeover'), `999999999 dead 1\n`);
+      const at = Date.now() + 1200;
       const script = `
-        require(${JSON.stringify(DIST_LOCK)}).acquireLock(process.argv[1]).then(
-          () => { console.log('won'); setTimeout(() => {}, 1500); },
-          (err) => console.log(err.code),
+        const fs = require('node:fs');
+        const { acquireLock } = require(${JSON.stringify(DIST_LOCK)});
+        const [dir, at] = [process.argv[1], Number(process.argv[2])];
+        while (Date.now() < at);
+        acquireLock(dir).then(
+          (file) => setTimeout(() => {
+            let owner = '';
+            try { owner = fs.readFileSync(file, 'latin1'); } catch {}
+            const mine = new RegExp('(^|pid=)' + process.pid + ' ').test(owner);
+            console.log(mine ? 'won' : 'won, then lost the lock');
+          }, 2000),
+          (err) => console.log(err.code === 'ERR_QUEUE_LOCKED' ? err.code : String(err.stack)),
         );
       `;
-      const children = Array.from({ length: 8 }, () =>
-        spawn(process.execPath, ['-e', script, tmp()]),
+      // Every other round, each file operation of the racers waits a
+      // little, so that their steps interleave in more orders.
+      const env = { ...process.env, SLIMTA_FS_JITTER: round % 2 ? '4' : '' };
+      const children = Array.from({ length: racers }, () =>
+        spawn(process.execPath, ['-r', JITTER, '-e', script, tmp(), String(at)], { env }),
       );
       const outcomes = await Promise.all(
         children.map(
@@ -101,9 +280,235 @@ describe('the queue lock', function () {
         ),
       );
       const winners = outcomes.filter((o) => o === 'won').length;
+      assert.ok(outcomes.every((o) => o === 'won' || o === 'ERR_QUEUE_LOCKED'), `round ${round}: ${outcomes.join(', ')}`);
       assert.equal(winners, 1, `round ${round}: ${outcomes.join(', ')}`);
-      assert.ok(outcomes.every((o) => o === 'won' || o === 'ERR_QUEUE_LOCKED'), outcomes.join(', '));
       fs.rmSync(lockFile());
+      assert.deepEqual(fs.readdirSync(tmp()), [], `round ${round}: debris left`);
     }
+  });
+
+  /** The claim file of generation n for taking over the lock now in place. */
+  function claimOf(n) {
+    const ino = fs.statSync(lockFile(), { bigint: true }).ino;
+    const text = fs.readFileSync(lockFile(), 'latin1');
+    const key = createHash('sha256').update(`${ino}\n${text}`).digest('hex').slice(0, 16);
+    return path.join(tmp(), `.lock.take.${key}.${n}`);
+  }
+
+  it('takes over a stale lock whose first taker died midway', async function () {
+    const dead = deadPid();
+    fs.writeFileSync(lockFile(), identityOf(process.pid, { pid: dead, tid: dead }) + '\n');
+    fs.writeFileSync(claimOf(0), identityOf(process.pid, { pid: dead, tid: dead, start: '1' }) + '\n');
+    await acquireLock(tmp());
+    assertMine(lockFile());
+    assert.deepEqual(fs.readdirSync(tmp()), ['.lock']);
+    await releaseLock(lockFile());
+  });
+
+  it('leaves a stale lock to the live process that is taking it over', async function () {
+    const dead = deadPid();
+    const child = sleeper();
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      const stale = identityOf(process.pid, { pid: dead, tid: dead });
+      fs.writeFileSync(lockFile(), stale + '\n');
+      fs.writeFileSync(claimOf(0), identityOf(process.pid, { pid: dead, tid: dead, start: '1' }) + '\n');
+      fs.writeFileSync(claimOf(1), identityOf(child.pid) + '\n');
+      const err = await rejects(acquireLock(tmp()));
+      assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+      assert.equal(err.message, `queue '${tmp()}' is being taken over by process ${child.pid}; try again`);
+      assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), stale);
+      assert.equal(fs.readdirSync(tmp()).length, 3);
+    } finally {
+      await killed(child);
+    }
+  });
+
+  it('clears drafts and takeovers left by dead processes when it takes the lock, not those of live ones', async function () {
+    const dead = deadPid();
+    const child = sleeper();
+    try {
+      await new Promise((r) => child.once('spawn', r));
+      const deadOwner = identityOf(process.pid, { pid: dead, tid: dead });
+      // Debris whose owner is provably dead goes at once.
+      const deadNow = {
+        // Killed between writing a draft and linking it into place.
+        [`.lock.${dead}.0123abcd`]: deadOwner,
+        // A taker killed midway, of a lock long gone.
+        [`.lock.take.0123456789abcdef.0`]: deadOwner,
+        [`.lock.take.0123456789abcdef.0.${dead}.01234567`]: deadOwner,
+        // The previous version's takeover, from an earlier boot.
+        '.lock.takeover': `${dead} 00000000-0000-0000-0000-000000000000 1`,
+      };
+      // Debris that cannot be judged goes once it is older than any of
+      // the few file operations a live process keeps it for.
+      const judgedByAge = {
+        // Killed before the identity was written.
+        [`.lock.${dead}.4567cdef`]: '',
+        // The previous version's draft and takeover: no namespace.
+        [`.lock.${dead}.89abcdef`]: oldIdentityOf(dead, '1'),
+        [`.lock.takeover.${dead}.fedcba98`]: oldIdentityOf(dead, '1'),
+        // From another PID namespace.
+        [`.lock.${dead}.76543210`]: identityOf(process.pid, { pid: dead, tid: dead, pidns: '1' }),
+      };
+      const kept = {
+        [`.lock.${child.pid}.fedcba98`]: identityOf(child.pid),
+        [`.lock.take.fedcba9876543210.0`]: identityOf(child.pid),
+        [`.lock.${child.pid}.00000000`]: '',
+        [`.lock.1.11111111`]: identityOf(process.pid, { pid: 1, tid: 1, pidns: '1' }),
+        unrelated: '',
+      };
+      for (const [name, content] of Object.entries({ ...deadNow, ...judgedByAge, ...kept })) {
+        fs.writeFileSync(path.join(tmp(), name), content ? content + '\n' : '');
+      }
+      const old = new Date(Date.now() - 120000);
+      for (const name of Object.keys(judgedByAge)) fs.utimesSync(path.join(tmp(), name), old, old);
+
+      await acquireLock(tmp());
+      assert.deepEqual(fs.readdirSync(tmp()).sort(), ['.lock', ...Object.keys(kept)].sort());
+      await releaseLock(lockFile());
+    } finally {
+      await killed(child);
+    }
+  });
+
+  describe('across PID namespaces', function () {
+    before(function () {
+      const why =
+        typeof process.getuid === 'function' && process.getuid() !== 0
+          ? 'not root'
+          : spawnSync('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'true']).status !== 0
+            ? 'unshare --pid --fork --mount-proc --kill-child is missing or refused'
+            : null;
+      if (why) {
+        console.log(`    (skipped: ${why}; these tests start an owner in a PID namespace of its own)`);
+        this.skip();
+      }
+    });
+
+    const inNamespace = (...args) =>
+      spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, ...args]);
+
+    it('refuses a lock whose owner lives in another PID namespace, alive or not, until it is removed by hand', async function () {
+      const owner = inNamespace(OWNER, tmp());
+      try {
+        assert.deepEqual(await firstLine(owner), { owned: 1 });
+        const check = async () => {
+          const err = await rejects(acquireLock(tmp()));
+          assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+          assert.match(err.message, /in use by process 1 of another PID namespace/);
+          assert.ok(err.message.includes(`remove '${lockFile()}'`), err.message);
+        };
+        await check();
+        const o = ownerOf(lockFile());
+        assert.equal(o.pid, '1');
+        assert.notEqual(o.pidns, PIDNS);
+        await killed(owner);
+        // Gone or not, it cannot be told from here: the lock stays.
+        await check();
+        assert.equal(ownerOf(lockFile()).pidns, o.pidns);
+      } finally {
+        await killed(owner);
+      }
+      fs.rmSync(lockFile());
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
+    });
+
+    it('is refused, in a PID namespace of its own, the lock of an owner outside it', async function () {
+      await acquireLock(tmp());
+      const other = inNamespace(OWNER, tmp());
+      try {
+        const r = await firstLine(other);
+        assert.equal(r.code, 'ERR_QUEUE_LOCKED');
+        assert.match(r.message, new RegExp(`in use by process ${process.pid} of another PID namespace`));
+        assertMine(lockFile());
+      } finally {
+        await killed(other);
+        await releaseLock(lockFile());
+      }
+    });
+  });
+
+  describe('across time namespaces', function () {
+    before(function () {
+      const why =
+        typeof process.getuid === 'function' && process.getuid() !== 0
+          ? 'not root'
+          : !fs.existsSync('/proc/self/ns/time') ||
+              spawnSync('unshare', ['--time', '--fork', '--boottime', '100000', '--kill-child', 'true']).status !== 0
+            ? 'no time namespaces, or unshare --time is missing or refused'
+            : null;
+      if (why) {
+        console.log(`    (skipped: ${why}; this test starts an owner in a time namespace of its own)`);
+        this.skip();
+      }
+    });
+
+    it('refuses a lock whose owner reads start times shifted by another time namespace', async function () {
+      // Same PID namespace: the owner's pid is valid here, but the start
+      // time it recorded is 100000 s off the one this process reads.
+      const owner = spawn('unshare', [
+        '--time', '--fork', '--boottime', '100000', '--kill-child', process.execPath, OWNER, tmp(),
+      ]);
+      try {
+        const { owned } = await firstLine(owner);
+        assert.notEqual(ownerOf(lockFile()).start, startOf(owned));
+        const err = await rejects(acquireLock(tmp()));
+        assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+        assert.match(err.message, new RegExp(`in use by process ${owned} \\(of another time namespace`));
+        await killed(owner);
+        // --kill-child ends it once unshare has ended; then it is reaped.
+        for (let i = 0; i < 100 && fs.existsSync(`/proc/${owned}`); i++) await new Promise((r) => setTimeout(r, 50));
+      } finally {
+        await killed(owner);
+      }
+      // Gone, it is taken over as any other.
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
+    });
+  });
+
+  describe('between threads', function () {
+    it('refuses a second thread of the process while the owner thread holds it', async function () {
+      const file = await acquireLock(tmp());
+      const t = lockThread({ dir: tmp(), then: 'release' });
+      try {
+        const r = await t.next();
+        assert.equal(r.code, 'ERR_QUEUE_LOCKED', JSON.stringify(r));
+        assert.match(r.message, /in use by thread 0 of this process/);
+      } finally {
+        await t.worker.terminate();
+        await releaseLock(file);
+      }
+    });
+
+    it('lets another thread take it once the owner thread has released it', async function () {
+      const t = lockThread({ dir: tmp(), then: 'release' });
+      const r = await t.next();
+      assert.ok(r.owned > 0, JSON.stringify(r));
+      assert.equal(ownerOf(lockFile()).thread, String(r.owned));
+      assert.equal(await t.next(), 'released');
+      assert.ok(!fs.existsSync(lockFile()), 'the owner thread released, but the lock file stays');
+      await t.exited;
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
+    });
+
+    it('takes over the lock of an owner thread that ended without releasing it', async function () {
+      const t = lockThread({ dir: tmp(), then: 'hold' });
+      const r = await t.next();
+      assert.ok(r.owned > 0, JSON.stringify(r));
+      const err = await rejects(acquireLock(tmp()));
+      assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+      assert.match(err.message, new RegExp(`in use by thread ${r.owned} of this process`));
+      await t.worker.terminate();
+      await acquireLock(tmp());
+      assertMine(lockFile());
+      await releaseLock(lockFile());
+    });
   });
 });

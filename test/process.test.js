@@ -8,7 +8,7 @@ const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
 const path = require('node:path');
 
-const { BACKENDS, useTempDir, listDir, openStore } = require('./helpers');
+const { BACKENDS, useTempDir, listDir, openStore, rejects, makeEnvelope } = require('./helpers');
 const { bodyFor } = require('./fixtures/writer-body');
 
 const FIXTURES = path.join(__dirname, 'fixtures');
@@ -188,7 +188,6 @@ for (const io of BACKENDS) {
     }
 
     it('lets a second process add messages but not update, remove or recover them; read-only inspection works', async function () {
-      const { rejects, makeEnvelope } = require('./helpers');
       const { child, id } = startOwner(tmp());
       let added;
       try {
@@ -225,6 +224,74 @@ for (const io of BACKENDS) {
       assert.equal(await next.incrementAttempts(added), 1);
       assert.equal((await next.getInfo()).size, 2);
       await next.close();
+    });
+
+    it('refuses updates beside an owner in another PID namespace', async function () {
+      const why =
+        typeof process.getuid === 'function' && process.getuid() !== 0
+          ? 'not root'
+          : spawnSync('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'true']).status !== 0
+            ? 'unshare --pid --fork --mount-proc --kill-child is missing or refused'
+            : null;
+      if (why) {
+        console.log(`      (skipped: ${why}; the owner needs a PID namespace of its own)`);
+        this.skip();
+      }
+      // The owner is pid 1 in its namespace; whatever runs as pid 1 here is
+      // another process, which must not make the owner look stale.
+      const child = spawn('unshare', [
+        '--pid', '--fork', '--mount-proc', '--kill-child',
+        process.execPath, path.join(FIXTURES, 'lock-owner.js'), tmp(), 'store', io,
+      ]);
+      try {
+        const line = await new Promise((resolve, reject) => {
+          child.stdout.once('data', (d) => resolve(JSON.parse(d.toString())));
+          child.once('exit', (code) => reject(new Error(`owner exited ${code}`)));
+        });
+        assert.equal(line.owned, 1, JSON.stringify(line));
+        const second = openStore(tmp(), io);
+        const err = await rejects(second.incrementAttempts(line.id));
+        assert.equal(err.code, 'ERR_QUEUE_LOCKED');
+        assert.match(err.message, /another PID namespace/);
+        await second.close();
+      } finally {
+        child.kill('SIGKILL');
+        await new Promise((r) => (child.exitCode === null && child.signalCode === null ? child.on('exit', r) : r()));
+      }
+    });
+
+    it('refuses updates from a second thread; the owner thread closing lets it in', async function () {
+      const { Worker } = require('node:worker_threads');
+      const owner = openStore(tmp(), io);
+      const id = await owner.write(makeEnvelope(), 1);
+      assert.equal(await owner.incrementAttempts(id), 1);
+
+      const inWorker = async () => {
+        const w = new Worker(path.join(FIXTURES, 'lock-thread.js'), {
+          workerData: { dir: tmp(), then: 'release', store: { io, id } },
+        });
+        const got = [];
+        await new Promise((resolve, reject) => {
+          w.on('message', (m) => {
+            got.push(m);
+            if (m === 'released') resolve();
+          });
+          w.on('error', reject);
+        });
+        await w.terminate();
+        return got[0];
+      };
+      const refused = await inWorker();
+      assert.equal(refused.code, 'ERR_QUEUE_LOCKED', JSON.stringify(refused));
+      assert.match(refused.message, /in use by thread 0 of this process/);
+      await owner.close();
+
+      assert.deepEqual(await inWorker(), { attempts: 2 });
+      // That worker's store closed and gave the lock back: the main thread
+      // may own the queue again.
+      const again = openStore(tmp(), io);
+      assert.equal(await again.incrementAttempts(id), 3);
+      await again.close();
     });
   });
 }

@@ -10,6 +10,7 @@
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:os';
+import { realpathSync } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { debuglog } from 'node:util';
@@ -162,9 +163,9 @@ function chooseBackend(
 const liveTmpFiles = new Set<string>();
 
 /**
- * The last call queued on each message of this thread, by meta path, so
- * that calls on one message run in call order even when they come from
- * two stores of one queue. (Another thread or process cannot own the
+ * The last call queued on each message of this thread, by its queue's
+ * real meta directory and id, so that calls on one message run in call
+ * order even when they come from two stores of one queue. (Another thread or process cannot own the
  * queue at the same time: see lock.ts.)
  */
 const perMessage = new Map<string, Promise<unknown>>();
@@ -193,6 +194,8 @@ export class DiskStorage extends EventEmitter {
   private lockFile: string | null = null;
   private locking: Promise<void> | null = null;
   private closed = false;
+  /** metaDir with symlinks resolved: what names the queue's messages. */
+  private readonly orderKey: string;
 
   /**
    * @param envDir  where envelope files live (created 0700 when missing)
@@ -246,6 +249,7 @@ export class DiskStorage extends EventEmitter {
     );
     this.readOnly = options.readOnly ?? false;
     this.graceMs = graceMs;
+    this.orderKey = realDir(this.metaDir);
     this.backend = chooseBackend(io, {
       groupCommit,
       maxInFlight: options.maxInFlight,
@@ -541,7 +545,7 @@ export class DiskStorage extends EventEmitter {
     // A message being removed has no meta for a moment before its env
     // goes too; one with a call under way in this thread is no orphan.
     const orphans = unclaimed.filter(
-      (id, i) => isMissing(metaStats[i]) && !perMessage.has(this.metaPath(id)),
+      (id, i) => isMissing(metaStats[i]) && !perMessage.has(this.orderOf(id)),
     );
     if (orphans.length === 0) return;
     const envStats = await this.backend.statFiles(
@@ -860,7 +864,7 @@ export class DiskStorage extends EventEmitter {
    * that the queue order is the call order.
    */
   private serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const key = this.metaPath(id);
+    const key = this.orderOf(id);
     const before = perMessage.get(key) ?? Promise.resolve();
     const result = before.then(fn, fn);
     const tail = result.then(
@@ -872,6 +876,11 @@ export class DiskStorage extends EventEmitter {
       if (perMessage.get(key) === tail) perMessage.delete(key);
     });
     return result;
+  }
+
+  /** The key of a message in {@link perMessage}. */
+  private orderOf(id: string): string {
+    return `${this.orderKey}/${id}`;
   }
 
   private checkOpen(): void {
@@ -1195,6 +1204,20 @@ async function countEntries(dir: string): Promise<number> {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
   return n;
+}
+
+/**
+ * `dir` with every symlink on its way resolved, as far as it exists, so
+ * that two spellings of one queue (a relative path, a link) name its
+ * messages alike; the part not made yet is kept as it is.
+ */
+function realDir(dir: string): string {
+  try {
+    return realpathSync.native(dir);
+  } catch {
+    const parent = path.dirname(dir);
+    return parent === dir ? dir : path.join(realDir(parent), path.basename(dir));
+  }
 }
 
 /** fsyncs a directory, so that the names made in it are durable. */

@@ -327,6 +327,20 @@ for (const io of BACKENDS) {
         assert.equal((await store.inspect(id)).attempts, 100);
       });
 
+      it('loses no update between two stores of one queue spelt through a symlink', async function () {
+        const id = await store.write(makeEnvelope(), 1);
+        const link = path.join(tmp(), 'link');
+        fs.symlinkSync(tmp(), link);
+        const other = openStore(link, io);
+        const counts = await Promise.all(
+          Array.from({ length: 100 }, (_, i) =>
+            (i % 2 ? other : store).incrementAttempts(id),
+          ),
+        );
+        await other.close();
+        assert.deepEqual(counts, Array.from({ length: 100 }, (_, i) => i + 1));
+      });
+
       it('rejects updates of an unknown id with ERR_QUEUE_NOT_FOUND', async function () {
         const unknown = 'f'.repeat(32);
         for (const call of [

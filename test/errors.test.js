@@ -282,33 +282,9 @@ for (const io of BACKENDS) {
       this.timeout(120000);
       await store.write(makeEnvelope(), 1);
       fs.rmSync(dir('tmp'), { recursive: true });
-      const env = makeEnvelope();
-      let unhandled = 0;
-      const onUnhandled = () => unhandled++;
-      process.on('unhandledRejection', onUnhandled);
-      const fail = async () => {
-        const results = await Promise.allSettled(
-          Array.from({ length: 100 }, () => store.write(env, 1)),
-        );
-        for (const r of results) {
-          assert.equal(r.status, 'rejected');
-          assert.equal(r.reason.code, 'ENOENT');
-        }
-      };
-      for (let i = 0; i < 10; i++) await fail(); // warm up
-      global.gc?.();
-      const fds0 = fs.readdirSync('/proc/self/fd').length;
-      const handles0 = process.getActiveResourcesInfo().length;
-      const heap0 = process.memoryUsage().heapUsed;
-      for (let i = 0; i < 100; i++) await fail();
-      await new Promise((r) => setImmediate(r));
-      global.gc?.();
-      assert.equal(fs.readdirSync('/proc/self/fd').length, fds0);
-      assert.ok(process.getActiveResourcesInfo().length <= handles0);
-      const growth = process.memoryUsage().heapUsed - heap0;
-      assert.ok(growth < 16 * 1024 * 1024, `heap grew by ${growth} bytes`);
-      process.off('unhandledRejection', onUnhandled);
-      assert.equal(unhandled, 0);
+      await failingWritesLeaveNothing(store, makeEnvelope(), {
+        warmUp: 10, rounds: 100, code: 'ENOENT', syscall: 'open',
+      });
     });
 
     it('leaves memory, fds and active handles at baseline after 2,000 writes that fail after their env was linked', async function () {
@@ -319,41 +295,55 @@ for (const io of BACKENDS) {
       fs.rmSync(dir('meta'), { recursive: true });
       fs.writeFileSync(dir('meta'), 'not a directory');
       const env = makeEnvelope({}, Buffer.alloc(64 * 1024, 'x'));
-      let unhandled = 0;
-      const onUnhandled = () => unhandled++;
-      process.on('unhandledRejection', onUnhandled);
-      const fail = async () => {
-        const results = await Promise.allSettled(
-          Array.from({ length: 100 }, () => store.write(env, 1)),
-        );
-        for (const r of results) {
-          assert.equal(r.status, 'rejected');
-          assert.equal(r.reason.code, 'ENOTDIR');
-          assert.equal(r.reason.syscall, 'link');
-        }
-      };
-      for (let i = 0; i < 2; i++) await fail(); // warm up
-      global.gc?.();
-      const fds0 = fs.readdirSync('/proc/self/fd').length;
-      const handles0 = process.getActiveResourcesInfo().length;
-      const heap0 = process.memoryUsage().heapUsed;
-      const rss0 = process.memoryUsage().rss;
-      for (let i = 0; i < 20; i++) await fail();
-      await new Promise((r) => setImmediate(r));
-      global.gc?.();
-      assert.equal(fs.readdirSync('/proc/self/fd').length, fds0);
-      assert.ok(process.getActiveResourcesInfo().length <= handles0);
-      const heap = process.memoryUsage().heapUsed - heap0;
-      assert.ok(heap < 16 * 1024 * 1024, `heap grew by ${heap} bytes`);
-      // 2,000 bodies of 64 KiB went through: 128 MiB if any were kept.
-      const rss = process.memoryUsage().rss - rss0;
-      assert.ok(rss < 48 * 1024 * 1024, `RSS grew by ${rss} bytes`);
+      // 2,000 bodies of 64 KiB go through: 128 MiB if any were kept.
+      await failingWritesLeaveNothing(store, env, {
+        warmUp: 2, rounds: 20, code: 'ENOTDIR', syscall: 'link',
+        maxRss: 48 * 1024 * 1024,
+      });
       assert.deepEqual(listDir(dir('env')).length, 1, 'an undo left an env');
       assert.deepEqual(listDir(dir('tmp')), []);
-      process.off('unhandledRejection', onUnhandled);
-      assert.equal(unhandled, 0);
     });
   });
+}
+
+/**
+ * Runs `rounds` batches of 100 writes of `env` that must all fail with
+ * `code` from `syscall`, after `warmUp` batches, and checks that they
+ * leave no fd, no active handle, no unhandled rejection and no growth of
+ * the heap (or of the RSS, when `maxRss` is given) behind.
+ */
+async function failingWritesLeaveNothing(store, env, { warmUp, rounds, code, syscall, maxRss }) {
+  let unhandled = 0;
+  const onUnhandled = () => unhandled++;
+  process.on('unhandledRejection', onUnhandled);
+  const fail = async () => {
+    const results = await Promise.allSettled(
+      Array.from({ length: 100 }, () => store.write(env, 1)),
+    );
+    for (const r of results) {
+      assert.equal(r.status, 'rejected');
+      assert.equal(r.reason.code, code);
+      assert.equal(r.reason.syscall, syscall);
+    }
+  };
+  try {
+    for (let i = 0; i < warmUp; i++) await fail();
+    global.gc?.();
+    const fds0 = fs.readdirSync('/proc/self/fd').length;
+    const handles0 = process.getActiveResourcesInfo().length;
+    const { heapUsed: heap0, rss: rss0 } = process.memoryUsage();
+    for (let i = 0; i < rounds; i++) await fail();
+    await new Promise((r) => setImmediate(r));
+    global.gc?.();
+    assert.equal(fs.readdirSync('/proc/self/fd').length, fds0);
+    assert.ok(process.getActiveResourcesInfo().length <= handles0);
+    const { heapUsed, rss } = process.memoryUsage();
+    assert.ok(heapUsed - heap0 < 16 * 1024 * 1024, `heap grew by ${heapUsed - heap0} bytes`);
+    if (maxRss) assert.ok(rss - rss0 < maxRss, `RSS grew by ${rss - rss0} bytes`);
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+  assert.equal(unhandled, 0);
 }
 
 /** Every file under `root` with its size and mtime. */

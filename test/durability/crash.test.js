@@ -45,13 +45,7 @@ const BIG_KILLS = 9;
 
 console.log(`crash trials: SLIMTA_CRASH_SEED=${SEED}, ${TRIALS} per backend`);
 
-const totals = {
-  trials: 0,
-  operationsAcknowledged: 0,
-  messagesLost: 0,
-  damagedDetected: 0,
-  faultsInjected: 0,
-};
+const totals = summary.zeroCounts();
 
 function waitExit(child) {
   return new Promise((resolve) => {

@@ -22,13 +22,7 @@ const FUZZ_RUNS = 10_000;
 
 console.log(`damage: SLIMTA_DAMAGE_SEED=${SEED}`);
 
-const totals = {
-  trials: 0,
-  operationsAcknowledged: 0,
-  messagesLost: 0,
-  damagedDetected: 0,
-  faultsInjected: 0,
-};
+const totals = summary.zeroCounts();
 after(() => summary.record('damage', totals));
 
 /** Ways to damage one file; each returns the new bytes or null (deleted). */

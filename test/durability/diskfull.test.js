@@ -26,13 +26,7 @@ const SIZE = '2m';
 /** Pages the filler holds at first, so that it can give space back. */
 const RESERVE = 64;
 
-const totals = {
-  trials: 0,
-  operationsAcknowledged: 0,
-  messagesLost: 0,
-  damagedDetected: 0,
-  faultsInjected: 0,
-};
+const totals = summary.zeroCounts();
 after(() => {
   if (totals.trials > 0) summary.record('diskfull', totals);
 });

@@ -23,13 +23,7 @@ const EMFILE = 'EMFILE retryable=true';
 
 console.log(`hostile: SLIMTA_HOSTILE_SEED=${SEED}`);
 
-const totals = {
-  trials: 0,
-  operationsAcknowledged: 0,
-  messagesLost: 0,
-  damagedDetected: 0,
-  faultsInjected: 0,
-};
+const totals = summary.zeroCounts();
 after(() => summary.record('hostile', totals));
 
 /** Every call that takes an id. */

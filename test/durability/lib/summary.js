@@ -29,4 +29,9 @@ function record(part, counts) {
   fs.appendFileSync(summaryFile(), JSON.stringify(line) + '\n');
 }
 
-module.exports = { record, summaryFile, KEYS };
+/** Counts of every key at 0, for a part to add to. */
+function zeroCounts() {
+  return Object.fromEntries(KEYS.map((key) => [key, 0]));
+}
+
+module.exports = { record, summaryFile, zeroCounts, KEYS };

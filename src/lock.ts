@@ -48,8 +48,13 @@
  * same way; a claim whose taker died is followed by one of the next
  * generation, never removed while the stale lock is there, so two takers
  * never act at once, and the taker removes the lock only if it still is
- * the one it judged. Drafts and claims left by killed processes are
- * cleared by the next process that takes the lock.
+ * the one it judged. Drafts and claims live in `<metaDir>/.lock.d/`
+ * (kept once made), and those left by killed processes are cleared by
+ * the next process that takes the lock, which lists that directory only,
+ * never the meta directory with its messages. (Drafts and claims that
+ * the previous release left in the meta directory itself are no longer
+ * cleared; they are dot-files, which nothing reads.) Processes of earlier
+ * releases, which claim elsewhere, must not run beside this one.
  */
 
 import { createHash, randomBytes } from 'node:crypto';
@@ -62,9 +67,11 @@ import { LockedError } from './errors';
 
 const LOCK_NAME = '.lock';
 /** Every file of the lock but the lock itself: drafts and claims. */
-const DEBRIS_PREFIX = '.lock.';
-/** `.lock.take.<key of the stale lock>.<generation>` */
-const CLAIM_PREFIX = '.lock.take.';
+const LOCK_DIR = '.lock.d';
+/** In LOCK_DIR: `lock.<pid>.<random>`, drafts of the lock. */
+const DRAFT_BASE = 'lock';
+/** In LOCK_DIR: `take.<key of the stale lock>.<generation>`, and drafts. */
+const CLAIM_PREFIX = 'take.';
 const ATTEMPTS = 3;
 const GENERATIONS = 64;
 /** A draft or claim lives for a few file operations; one older is left over. */
@@ -372,10 +379,11 @@ async function acquire(dir: string): Promise<string> {
     return file;
   }
   const i = self();
+  const lockDir = await makeLockDir(dir);
   for (let attempt = 0; attempt < ATTEMPTS; attempt++) {
-    if (await createWith(file, i.line)) {
+    if (await createWith(file, i.line, path.join(lockDir, DRAFT_BASE))) {
       hold(key, file);
-      await clearDebris(dir);
+      await clearDebris(lockDir);
       return file;
     }
     const seen = await readLock(file);
@@ -390,7 +398,7 @@ async function acquire(dir: string): Promise<string> {
     if (v.kind === 'alive') {
       throw new LockedError(`queue '${dir}' is in use by ${v.who}${v.note}`);
     }
-    await takeOver(dir, file, seen);
+    await takeOver(lockDir, file, seen);
   }
   throw new LockedError(`queue '${dir}' lock is contended; try again`);
 }
@@ -416,6 +424,25 @@ function hold(key: string, file: string): void {
 }
 
 /**
+ * `<dir>/.lock.d`, made if missing, as open as `dir` and, when made by
+ * root, owned by the owner of `dir`, so that its owner can take the lock.
+ */
+async function makeLockDir(dir: string): Promise<string> {
+  const lockDir = path.join(path.resolve(dir), LOCK_DIR);
+  const st = await fs.stat(dir);
+  try {
+    await fs.mkdir(lockDir, { mode: st.mode & 0o777 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return lockDir;
+    throw err;
+  }
+  if (process.getuid?.() === 0 && (st.uid !== 0 || st.gid !== 0)) {
+    await fs.chown(lockDir, st.uid, st.gid).catch(() => undefined);
+  }
+  return lockDir;
+}
+
+/**
  * Removes the stale lock `seen`, if it still is at `file`. Only its
  * claimer may: the one that creates claim generation n, after the
  * claimers of 0..n-1 have died. While the stale lock is there no claim
@@ -423,17 +450,18 @@ function hold(key: string, file: string): void {
  * they can do no harm, since it never comes back.
  */
 async function takeOver(
-  dir: string,
+  lockDir: string,
   file: string,
   seen: { ino: bigint; text: string },
 ): Promise<void> {
+  const dir = path.dirname(file);
   const key = createHash('sha256')
     .update(`${seen.ino}\n${seen.text}`)
     .digest('hex')
     .slice(0, 16);
-  const claim = (n: number) => path.join(dir, `${CLAIM_PREFIX}${key}.${n}`);
+  const claim = (n: number) => path.join(lockDir, `${CLAIM_PREFIX}${key}.${n}`);
   for (let n = 0; n < GENERATIONS; n++) {
-    if (await createWith(claim(n), self().line)) {
+    if (await createWith(claim(n), self().line, claim(n))) {
       let gone = false;
       try {
         const now = await readLock(file);
@@ -466,18 +494,22 @@ async function takeOver(
 }
 
 /**
- * Removes the drafts and claims that killed processes left: those whose
- * owner is dead, and any older than a few file operations could take.
- * Called holding the lock, so every stale lock they were about is gone.
+ * Removes the drafts and claims that killed processes left in `lockDir`:
+ * those whose owner is dead, and any older than a few file operations
+ * could take. Called holding the lock, so every stale lock they were
+ * about is gone.
  */
-async function clearDebris(dir: string): Promise<void> {
+async function clearDebris(lockDir: string): Promise<void> {
   try {
     const names: string[] = [];
-    for await (const entry of await fs.opendir(dir, { bufferSize: 1024 })) {
-      if (entry.name.startsWith(DEBRIS_PREFIX)) names.push(entry.name);
+    for await (const entry of await fs.opendir(lockDir, { bufferSize: 128 })) {
+      names.push(entry.name);
     }
     for (const name of names) {
-      const file = path.join(dir, name);
+      if (!name.startsWith(`${DRAFT_BASE}.`) && !name.startsWith(CLAIM_PREFIX)) {
+        continue;
+      }
+      const file = path.join(lockDir, name);
       const st = await fs.lstat(file).catch(() => null);
       if (!st || !st.isFile()) continue;
       const text = await readText(file).catch(() => null);
@@ -530,11 +562,16 @@ async function unlinkOr(file: string): Promise<void> {
 
 /**
  * Creates `file` holding `content`, or returns false when it exists. The
- * content is written under a private name first and then linked into
- * place, which never replaces a file and never shows a half-written one.
+ * content is written under a private name first (`<draftBase>.<pid>.<hex>`,
+ * in the lock's directory) and then linked into place, which never
+ * replaces a file and never shows a half-written one.
  */
-async function createWith(file: string, content: string): Promise<boolean> {
-  const draft = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+async function createWith(
+  file: string,
+  content: string,
+  draftBase: string,
+): Promise<boolean> {
+  const draft = `${draftBase}.${process.pid}.${randomBytes(4).toString('hex')}`;
   await fs.writeFile(draft, content + '\n', { flag: 'wx', mode: 0o600 });
   try {
     await fs.link(draft, file);

@@ -2,7 +2,8 @@
 // The queue lock: shared by the stores of one thread, refused to another
 // live process or thread, taken over from a dead one (even after pid
 // reuse), never judged stale across PID namespaces, won by exactly one of
-// several processes racing for a stale lock, and leaving no debris.
+// several processes racing for a stale lock, leaving no debris, and
+// sweeping its own directory only.
 
 const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
@@ -127,7 +128,9 @@ describe('the queue lock', function () {
     assert.ok(fs.existsSync(lockFile()), 'released while another store holds it');
     await releaseLock(b);
     assert.ok(!fs.existsSync(lockFile()));
-    assert.deepEqual(fs.readdirSync(tmp()), []);
+    // The lock's directory stays, empty.
+    assert.deepEqual(fs.readdirSync(tmp()), ['.lock.d']);
+    assert.deepEqual(fs.readdirSync(path.join(tmp(), '.lock.d')), []);
   });
 
   it('counts the stores of one queue however its path is spelt', async function () {
@@ -229,12 +232,17 @@ describe('the queue lock', function () {
     await releaseLock(lockFile());
   });
 
-  it('takes over an empty lock and one left by a dead taker', async function () {
+  it('takes over an empty lock and one left by a dead taker; leaves alone what the oldest version left beside it', async function () {
     fs.writeFileSync(lockFile(), '');
+    fs.mkdirSync(path.join(tmp(), '.lock.d'));
+    fs.writeFileSync(claimOf(0), '999999999 x 1\n');
+    // The oldest version's takeover file, in the meta directory itself,
+    // which is no longer listed.
     fs.writeFileSync(path.join(tmp(), '.lock.takeover'), '999999999 x 1\n');
     await acquireLock(tmp());
     assertMine(lockFile());
-    assert.ok(!fs.existsSync(path.join(tmp(), '.lock.takeover')));
+    assert.ok(!fs.existsSync(claimOf(0)));
+    assert.ok(fs.existsSync(path.join(tmp(), '.lock.takeover')));
     await releaseLock(lockFile());
   });
 
@@ -246,7 +254,8 @@ describe('the queue lock', function () {
     const racers = 12;
     for (let round = 0; round < 8; round++) {
       fs.writeFileSync(lockFile(), `999999999 dead 1\n`);
-      fs.writeFileSync(path.join(tmp(), '.lock.takeover'), `999999999 dead 1\n`);
+      fs.mkdirSync(path.join(tmp(), '.lock.d'), { recursive: true });
+      fs.writeFileSync(claimOf(0), `999999999 dead 1\n`);
       const at = Date.now() + 1200;
       const script = `
         const fs = require('node:fs');
@@ -283,7 +292,8 @@ describe('the queue lock', function () {
       assert.ok(outcomes.every((o) => o === 'won' || o === 'ERR_QUEUE_LOCKED'), `round ${round}: ${outcomes.join(', ')}`);
       assert.equal(winners, 1, `round ${round}: ${outcomes.join(', ')}`);
       fs.rmSync(lockFile());
-      assert.deepEqual(fs.readdirSync(tmp()), [], `round ${round}: debris left`);
+      assert.deepEqual(fs.readdirSync(tmp()), ['.lock.d'], `round ${round}: debris left`);
+      assert.deepEqual(fs.readdirSync(path.join(tmp(), '.lock.d')), [], `round ${round}: debris left`);
     }
   });
 
@@ -292,16 +302,18 @@ describe('the queue lock', function () {
     const ino = fs.statSync(lockFile(), { bigint: true }).ino;
     const text = fs.readFileSync(lockFile(), 'latin1');
     const key = createHash('sha256').update(`${ino}\n${text}`).digest('hex').slice(0, 16);
-    return path.join(tmp(), `.lock.take.${key}.${n}`);
+    return path.join(tmp(), '.lock.d', `take.${key}.${n}`);
   }
 
   it('takes over a stale lock whose first taker died midway', async function () {
     const dead = deadPid();
     fs.writeFileSync(lockFile(), identityOf(process.pid, { pid: dead, tid: dead }) + '\n');
+    fs.mkdirSync(path.join(tmp(), '.lock.d'));
     fs.writeFileSync(claimOf(0), identityOf(process.pid, { pid: dead, tid: dead, start: '1' }) + '\n');
     await acquireLock(tmp());
     assertMine(lockFile());
-    assert.deepEqual(fs.readdirSync(tmp()), ['.lock']);
+    assert.deepEqual(fs.readdirSync(tmp()).sort(), ['.lock', '.lock.d']);
+    assert.deepEqual(fs.readdirSync(path.join(tmp(), '.lock.d')), []);
     await releaseLock(lockFile());
   });
 
@@ -312,64 +324,96 @@ describe('the queue lock', function () {
       await new Promise((r) => child.once('spawn', r));
       const stale = identityOf(process.pid, { pid: dead, tid: dead });
       fs.writeFileSync(lockFile(), stale + '\n');
+      fs.mkdirSync(path.join(tmp(), '.lock.d'));
       fs.writeFileSync(claimOf(0), identityOf(process.pid, { pid: dead, tid: dead, start: '1' }) + '\n');
       fs.writeFileSync(claimOf(1), identityOf(child.pid) + '\n');
       const err = await rejects(acquireLock(tmp()));
       assert.equal(err.code, 'ERR_QUEUE_LOCKED');
       assert.equal(err.message, `queue '${tmp()}' is being taken over by process ${child.pid}; try again`);
       assert.equal(fs.readFileSync(lockFile(), 'latin1').trim(), stale);
-      assert.equal(fs.readdirSync(tmp()).length, 3);
+      assert.deepEqual(fs.readdirSync(path.join(tmp(), '.lock.d')).sort(), [claimOf(0), claimOf(1)].map((f) => path.basename(f)).sort());
     } finally {
       await killed(child);
     }
   });
 
-  it('clears drafts and takeovers left by dead processes when it takes the lock, not those of live ones', async function () {
+  it('clears drafts and claims left by dead processes in its directory when it takes the lock, not those of live ones', async function () {
     const dead = deadPid();
     const child = sleeper();
+    const lockDir = path.join(tmp(), '.lock.d');
+    fs.mkdirSync(lockDir);
     try {
       await new Promise((r) => child.once('spawn', r));
       const deadOwner = identityOf(process.pid, { pid: dead, tid: dead });
+      const otherNs = identityOf(process.pid, { pid: 1, tid: 1, pidns: '1' });
       // Debris whose owner is provably dead goes at once.
       const deadNow = {
         // Killed between writing a draft and linking it into place.
-        [`.lock.${dead}.0123abcd`]: deadOwner,
+        [`lock.${dead}.0123abcd`]: deadOwner,
         // A taker killed midway, of a lock long gone.
-        [`.lock.take.0123456789abcdef.0`]: deadOwner,
-        [`.lock.take.0123456789abcdef.0.${dead}.01234567`]: deadOwner,
-        // The previous version's takeover, from an earlier boot.
-        '.lock.takeover': `${dead} 00000000-0000-0000-0000-000000000000 1`,
+        [`take.0123456789abcdef.0`]: deadOwner,
+        [`take.0123456789abcdef.0.${dead}.01234567`]: deadOwner,
+        // The oldest version's identity, from an earlier boot.
+        [`lock.${dead}.aaaa0000`]: `${dead} 00000000-0000-0000-0000-000000000000 1`,
       };
       // Debris that cannot be judged goes once it is older than any of
       // the few file operations a live process keeps it for.
       const judgedByAge = {
         // Killed before the identity was written.
-        [`.lock.${dead}.4567cdef`]: '',
-        // The previous version's draft and takeover: no namespace.
-        [`.lock.${dead}.89abcdef`]: oldIdentityOf(dead, '1'),
-        [`.lock.takeover.${dead}.fedcba98`]: oldIdentityOf(dead, '1'),
+        [`lock.${dead}.4567cdef`]: '',
+        // The oldest version's identity: no namespace.
+        [`lock.${dead}.89abcdef`]: oldIdentityOf(dead, '1'),
+        [`take.0123456789abcdef.1.${dead}.fedcba98`]: oldIdentityOf(dead, '1'),
         // From another PID namespace.
-        [`.lock.${dead}.76543210`]: identityOf(process.pid, { pid: dead, tid: dead, pidns: '1' }),
+        [`lock.${dead}.76543210`]: otherNs,
       };
       const kept = {
-        [`.lock.${child.pid}.fedcba98`]: identityOf(child.pid),
-        [`.lock.take.fedcba9876543210.0`]: identityOf(child.pid),
-        [`.lock.${child.pid}.00000000`]: '',
-        [`.lock.1.11111111`]: identityOf(process.pid, { pid: 1, tid: 1, pidns: '1' }),
+        [`lock.${child.pid}.fedcba98`]: identityOf(child.pid),
+        [`take.fedcba9876543210.0`]: identityOf(child.pid),
+        [`lock.${child.pid}.00000000`]: '',
+        [`lock.1.11111111`]: otherNs,
         unrelated: '',
       };
       for (const [name, content] of Object.entries({ ...deadNow, ...judgedByAge, ...kept })) {
-        fs.writeFileSync(path.join(tmp(), name), content ? content + '\n' : '');
+        fs.writeFileSync(path.join(lockDir, name), content ? content + '\n' : '');
       }
       const old = new Date(Date.now() - 120000);
-      for (const name of Object.keys(judgedByAge)) fs.utimesSync(path.join(tmp(), name), old, old);
+      for (const name of Object.keys(judgedByAge)) fs.utimesSync(path.join(lockDir, name), old, old);
+      // What the previous releases left in the meta directory itself stays.
+      const legacy = { [`.lock.${dead}.0123abcd`]: deadOwner, '.lock.takeover': deadOwner };
+      for (const [name, content] of Object.entries(legacy)) fs.writeFileSync(path.join(tmp(), name), content + '\n');
 
       await acquireLock(tmp());
-      assert.deepEqual(fs.readdirSync(tmp()).sort(), ['.lock', ...Object.keys(kept)].sort());
+      assert.deepEqual(fs.readdirSync(lockDir).sort(), Object.keys(kept).sort());
+      assert.deepEqual(fs.readdirSync(tmp()).sort(), ['.lock', '.lock.d', ...Object.keys(legacy)].sort());
       await releaseLock(lockFile());
     } finally {
       await killed(child);
     }
+  });
+
+  it('reads no entries of the meta directory when it takes the lock in a queue of 5,000 messages', async function () {
+    if (spawnSync('strace', ['-V']).status !== 0) {
+      console.log('    (skipped: no strace)');
+      this.skip();
+    }
+    for (let i = 0; i < 5000; i++) {
+      fs.writeFileSync(path.join(tmp(), createHash('md5').update(String(i)).digest('hex') + '.meta'), '');
+    }
+    // Something to sweep, so that the sweep has work to do.
+    fs.mkdirSync(path.join(tmp(), '.lock.d'), { recursive: true });
+    fs.writeFileSync(path.join(tmp(), '.lock.d', `lock.${deadPid()}.0123abcd`), '');
+    fs.writeFileSync(lockFile(), `${deadPid()} 00000000-0000-0000-0000-000000000000 1\n`);
+    const trace = path.join(tmp(), '.trace');
+    const script = `require(${JSON.stringify(DIST_LOCK)}).acquireLock(process.argv[1]).then(() => console.log('ok'))`;
+    const r = spawnSync('strace', ['-f', '-qq', '-y', '-e', 'trace=getdents64', '-o', trace, process.execPath, '-e', script, tmp()], {
+      encoding: 'utf8',
+    });
+    assert.equal(r.stdout.trim(), 'ok', r.stderr);
+    const calls = fs.readFileSync(trace, 'latin1').split('\n').filter((l) => l.includes('getdents64('));
+    const of = (dir) => calls.filter((l) => l.includes(`<${dir}>`));
+    assert.deepEqual(of(tmp()), [], 'the meta directory was listed');
+    assert.ok(of(path.join(tmp(), '.lock.d')).length > 0, `the lock's own directory was not swept:\n${calls.join('\n')}`);
   });
 
   describe('across PID namespaces', function () {

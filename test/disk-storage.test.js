@@ -146,7 +146,7 @@ for (const io of BACKENDS) {
         await same.remove(id);
         assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock', '.lock.d', '.quarantine', '.tmp']);
         await same.close();
-        // The lock's directory stays, empty.
+        // The lock's directory stays, empty: its socket went with the lock.
         assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock.d', '.quarantine', '.tmp']);
         assert.deepEqual(fs.readdirSync(path.join(dir('q'), '.lock.d')), []);
       });

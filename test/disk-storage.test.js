@@ -144,9 +144,11 @@ for (const io of BACKENDS) {
         for await (const entry of same.load()) loaded.push(entry);
         assert.deepEqual(loaded, [[5, id]]);
         await same.remove(id);
-        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock', '.quarantine', '.tmp']);
+        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock', '.lock.d', '.quarantine', '.tmp']);
         await same.close();
-        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.quarantine', '.tmp']);
+        // The lock's directory stays, empty: its socket went with the lock.
+        assert.deepEqual(fs.readdirSync(dir('q')).sort(), ['.lock.d', '.quarantine', '.tmp']);
+        assert.deepEqual(fs.readdirSync(path.join(dir('q'), '.lock.d')), []);
       });
 
       it('puts the default tmpDir inside envDir, never in the system temp dir', async function () {

@@ -6,6 +6,7 @@
 
 const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
 const path = require('node:path');
 
 const { BACKENDS, useTempDir, listDir, openStore, rejects, makeEnvelope } = require('./helpers');
@@ -258,6 +259,49 @@ for (const io of BACKENDS) {
         child.kill('SIGKILL');
         await new Promise((r) => (child.exitCode === null && child.signalCode === null ? child.on('exit', r) : r()));
       }
+    });
+
+    it('takes over, for its updates, the queue of an owner in another PID namespace that was killed (a container restart)', async function () {
+      if (spawnSync('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'true']).status !== 0) {
+        console.log('      (skipped: unshare --pid --fork --mount-proc --kill-child is missing or refused)');
+        this.skip();
+      }
+      const container = () =>
+        spawn('unshare', [
+          '--pid', '--fork', '--mount-proc', '--kill-child',
+          process.execPath, path.join(FIXTURES, 'lock-owner.js'), tmp(), 'store', io,
+        ]);
+      const started = (child) =>
+        new Promise((resolve, reject) => {
+          let err = '';
+          child.stderr.on('data', (d) => (err += d));
+          child.stdout.once('data', (d) => resolve(JSON.parse(d.toString())));
+          child.once('exit', (code) => reject(new Error(`owner exited ${code}: ${err}`)));
+        });
+      /** SIGKILL to the namespace's first process, as when a container is killed. */
+      const killContainer = (child) => {
+        const done = new Promise((r) => child.once('exit', r));
+        const [init] = fs.readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'latin1').trim().split(/\s+/);
+        process.kill(Number(init), 'SIGKILL');
+        return done;
+      };
+      const ids = [];
+      for (let run = 0; run < 2; run++) {
+        const child = container();
+        try {
+          const line = await started(child);
+          // The second one could update only by taking over the first one's lock.
+          assert.equal(line.owned, 1, JSON.stringify(line));
+          ids.push(line.id);
+        } finally {
+          await killContainer(child);
+        }
+      }
+      const next = openStore(tmp(), io);
+      assert.equal(await next.incrementAttempts(ids[0]), 2);
+      assert.equal(await next.incrementAttempts(ids[1]), 2);
+      assert.equal((await next.getInfo()).size, 2);
+      await next.close();
     });
 
     it('refuses updates from a second thread; the owner thread closing lets it in', async function () {

@@ -135,6 +135,8 @@ const LIST_BUFFER = 1024;
 /** Batches load() reads ahead of the one it yields from. */
 const LOAD_AHEAD = 2;
 const MAX_ATTEMPTS = 0xffffffff;
+/** How long a tmp file named by a live pid is spared. */
+const LIVE_TMP_MS = 24 * 3600 * 1000;
 /** Writes, updates and removals under way at once in one store. */
 const MAX_PLANS = 128;
 
@@ -194,6 +196,9 @@ export class DiskStorage extends EventEmitter {
   private lockFile: string | null = null;
   private locking: Promise<void> | null = null;
   private closed = false;
+  private closing: Promise<void> | null = null;
+  /** Parents of directories made that init() has yet to sync. */
+  private readonly unsyncedParents = new Set<string>();
   /** metaDir with symlinks resolved: what names the queue's messages. */
   private readonly orderKey: string;
 
@@ -452,9 +457,18 @@ export class DiskStorage extends EventEmitter {
    * The directories are streamed in batches: for each batch of meta files
    * one backend call reads them all and lstats their env files, and the
    * next batches are fetched while the caller consumes this one. Memory
-   * stays bounded by the batch size plus 32 bytes or less per message.
+   * stays bounded by the batch size plus about 64 bytes per message.
    */
   async *load(): AsyncGenerator<[number, string]> {
+    try {
+      yield* this.recover();
+    } catch (err) {
+      throw err instanceof QueueError ? err : classifyOsError(err);
+    }
+  }
+
+  /** load() but for the `retryable` of its errors. */
+  private async *recover(): AsyncGenerator<[number, string]> {
     this.checkOpen();
     // Every step below is tracked, so that close() waits for the one under
     // way before it gives back the lock; a caller that resumes the
@@ -520,6 +534,7 @@ export class DiskStorage extends EventEmitter {
     const envBatches = this.scan(this.envDir, ENV_SUFFIX);
     try {
       for (;;) {
+        this.checkOpen();
         const next = await this.track(envBatches.next());
         if (next.done) break;
         await this.track(this.quarantineOrphans(next.value, claimed));
@@ -581,16 +596,20 @@ export class DiskStorage extends EventEmitter {
    * Refuses new calls, waits for every call in flight, then gives back the
    * queue lock.
    */
-  async close(): Promise<void> {
-    this.closed = true;
-    while (this.inFlight.size > 0) {
-      await Promise.allSettled([...this.inFlight]);
-    }
-    await this.locking?.catch(() => undefined);
-    if (this.lockFile) {
-      await releaseLock(this.lockFile);
+  close(): Promise<void> {
+    // One closing, however often it is asked for: the lock is counted per
+    // store and must be given back once.
+    this.closing ??= (async () => {
+      this.closed = true;
+      while (this.inFlight.size > 0) {
+        await Promise.allSettled([...this.inFlight]);
+      }
+      await this.locking?.catch(() => undefined);
+      const lockFile = this.lockFile;
       this.lockFile = null;
-    }
+      if (lockFile) await releaseLock(lockFile);
+    })();
+    return this.closing;
   }
 
   // --- the protocol -----------------------------------------------------
@@ -788,14 +807,18 @@ export class DiskStorage extends EventEmitter {
       if (!match || !entry.isFile()) continue;
       const file = path.join(this.tmpDir, entry.name);
       const pid = Number(match[3]);
-      // A plan of this thread, or a live process, may be writing it.
-      if (pid === process.pid ? liveTmpFiles.has(file) : processAlive(pid)) {
+      // A plan of this thread may be writing it.
+      if (pid === process.pid && liveTmpFiles.has(file)) continue;
+      // So may a worker thread of this process, or a writer in another PID
+      // namespace, whose pid means nothing here: only old files go. A
+      // live pid gets a day, since it may also be a reused one.
+      const st = await lstatOrError(file);
+      if (st instanceof Error) continue;
+      const alive = pid !== process.pid && processAlive(pid);
+      const age = Date.now() - st.ctimeMs;
+      if (age <= (alive ? Math.max(this.graceMs, LIVE_TMP_MS) : this.graceMs)) {
         continue;
       }
-      // So may a worker thread of this process, or a writer in another PID
-      // namespace, whose pid means nothing here: only old files go.
-      const st = await lstatOrError(file);
-      if (st instanceof Error || !this.pastGrace(st)) continue;
       await fs.unlink(file).catch(() => undefined);
       debug('load: removed stale tmp file %s', file);
     }
@@ -918,15 +941,13 @@ export class DiskStorage extends EventEmitter {
 
   /**
    * Moves a message get() found damaged to the quarantine directory, as
-   * load() would, so it is not tried again and again. Only the queue's
-   * owner moves files; a store that cannot take the lock leaves them.
+   * load() would, so it is not tried again and again. Only a store that
+   * owns the queue already (it has updated, removed or loaded) moves
+   * files: taking the lock here would lock out the real owner.
    */
   private async setAside(id: string, err: CorruptError): Promise<void> {
-    if (this.readOnly) return;
-    try {
-      await this.own();
-    } catch (lockErr) {
-      debug('get: %s is damaged, not moved: %s', id, String(lockErr));
+    if (this.lockFile === null) {
+      debug('get: %s is damaged, left in place: %s', id, err.message);
       return;
     }
     await this.quarantine(id, err.message, [
@@ -985,7 +1006,7 @@ export class DiskStorage extends EventEmitter {
       // Quarantine moves files by rename, so it must be on the same
       // filesystem too, and it exists before the first damage is found.
       dirs.push(this.quarantineDir);
-      const parents = new Set<string>();
+      const parents = this.unsyncedParents;
       for (const dir of dirs) {
         const first = await mkdirOrNotDir(dir);
         // When mkdir made `first` and everything below it, the parent of
@@ -995,7 +1016,12 @@ export class DiskStorage extends EventEmitter {
           if (first === undefined || made.length <= first.length) break;
         }
       }
-      for (const parent of parents) await syncDir(parent);
+      // A parent leaves the set once synced: an init tried again after a
+      // failed sync still syncs the parents of what the first try made.
+      for (const parent of parents) {
+        await syncDir(parent);
+        parents.delete(parent);
+      }
     }
     const stats = await Promise.all(dirs.map((d) => fs.stat(d)));
     stats.forEach((st, i) => {

@@ -541,6 +541,21 @@ for (const io of BACKENDS) {
       });
     });
 
+    describe('#close() twice', function () {
+      it('gives the lock back once, so another store of the queue keeps it', async function () {
+        const id = await store.write(makeEnvelope(), 1);
+        const a = openStore(tmp(), io);
+        const b = openStore(tmp(), io);
+        await a.incrementAttempts(id);
+        await b.incrementAttempts(id);
+        await Promise.all([a.close(), a.close()]);
+        await a.close();
+        assert.ok(fs.existsSync(path.join(dir('meta'), '.lock')), 'b lost its lock');
+        assert.equal(await b.incrementAttempts(id), 3);
+        await b.close();
+      });
+    });
+
     describe('options', function () {
       for (const [what, options] of [
         ['a misspelt option', { readonly: true }],

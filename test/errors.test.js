@@ -190,7 +190,11 @@ for (const io of BACKENDS) {
       const file = path.join(tmp(), 'file');
       fs.writeFileSync(file, 'x');
       const s = new DiskStorage(file, file, null, { io });
-      for (const call of [() => s.write(makeEnvelope(), 1), () => s.get('a'.repeat(32))]) {
+      for (const call of [
+        () => s.write(makeEnvelope(), 1),
+        () => s.get('a'.repeat(32)),
+        () => s.load().next(),
+      ]) {
         const err = await rejects(call());
         assert.equal(err.code, 'ENOTDIR');
         assert.equal(err.errno, -20);

@@ -113,6 +113,18 @@ for (const io of BACKENDS) {
       await store.remove(victim);
     });
 
+    it('leaves a damaged message in place when get() is called by a store that does not own the queue', async function () {
+      flip(envFile(victim), 200);
+      const writer = openStore(tmp(), io); // writes only: no lock
+      const reports = collectReports(writer);
+      assert.equal((await rejects(writer.get(victim))).code, 'ERR_QUEUE_CORRUPT');
+      assert.equal(reports.length, 0);
+      assert.ok(fs.existsSync(envFile(victim)) && fs.existsSync(metaFile(victim)));
+      // The owner can still take the queue.
+      assert.deepEqual(await loadAll(store), [good, victim].sort());
+      await writer.close();
+    });
+
     it('leaves a damaged message in place when get() is called on a read-only store', async function () {
       flip(envFile(victim), 200);
       const ro = openStore(tmp(), io, { readOnly: true });

@@ -75,6 +75,10 @@ for (const [b, io] of BACKENDS.entries()) {
           nOf.set(id, n);
         }
 
+        // The store owns the queue (as an MTA's does once it loaded it),
+        // so that get() may set damaged messages aside.
+        for await (const entry of store.load()) assert.ok(entry);
+
         // Damage about half of the messages, one or both files each.
         const files = new Map();
         for (const id of ids) {

@@ -4,7 +4,9 @@
  *
  * This module owns the protocol: which files a call writes, in which order,
  * and what it syncs before the call resolves. The backends only execute the
- * plans built here, so both do exactly the same steps.
+ * plans built here, so both make the same system calls in the same order
+ * (they differ only in what a plan cut short by the end of its thread
+ * leaves behind: see js-backend.ts).
  */
 
 import { EventEmitter } from 'node:events';
@@ -65,17 +67,19 @@ export interface DiskStorageOptions {
    */
   readOnly?: boolean;
   /**
-   * The most threads of libuv's thread pool this store holds at once.
-   * The pool is shared with dns.lookup, fs and crypto, so every file
-   * request of the store waits for one of these slots, first come first
-   * served, and holds it only while it runs: a call waiting for its turn,
-   * or for a directory sync shared with other calls, holds none. Default:
-   * the pool size less one (UV_THREADPOOL_SIZE, 4 unless set), at least
-   * 1, so that one thread stays free for the rest of the process; stores
-   * of one thread that leave this unset share that one cap and their
-   * directory syncs, so a failed directory fsync of one fails the calls
-   * under way in all of them. A store given a value has a cap of its own,
-   * on top of that share.
+   * The most threads of libuv's thread pool the library's plans and
+   * batch reads hold at once. The pool is shared with dns.lookup, fs and
+   * crypto, so each pool job of a plan waits for one of these slots, first
+   * come first served, and holds it only while it runs: a call waiting
+   * for its turn, or for a directory sync shared with other calls, holds
+   * none. (Opening the queue, recovery's own listing, cleanup and
+   * quarantine use node:fs directly.) Default: the pool size less one
+   * (UV_THREADPOOL_SIZE, 4 unless set), at least 1, so that one thread
+   * stays free for the rest of the process; stores of one thread that
+   * leave this unset share that one cap and their directory syncs, so a
+   * failed directory fsync of one fails the calls under way in all of
+   * them. A store given a value has a cap of its own, on top of that
+   * share.
    *
    * Apart from that, at most 128 writes, updates and removals of one store
    * are under way at once; later ones wait in JavaScript, holding neither
@@ -1242,7 +1246,8 @@ function realDir(dir: string): string {
     return realpathSync.native(dir);
   } catch {
     const parent = path.dirname(dir);
-    return parent === dir ? dir : path.join(realDir(parent), path.basename(dir));
+    if (parent === dir) return dir;
+    return path.join(realDir(parent), path.basename(dir));
   }
 }
 

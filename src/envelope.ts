@@ -431,8 +431,8 @@ export class Envelope {
    * An envelope with an empty header block and an empty body. The
    * recipients and client given are copied, not kept.
    *
-   * @throws InvalidArgumentError (a TypeError) when `recipients` is given and is not an array of
-   *   strings.
+   * @throws InvalidArgumentError (a TypeError) when `recipients` is given
+   *   and is not an array of strings.
    */
   constructor(init: EnvelopeInit = {}) {
     this.sender = init.sender ?? null;
@@ -503,11 +503,11 @@ export class Envelope {
    * line continues the new field. `prependHeader('X', 'v')` on
    * `" lead\r\nA: 1\r\n\r\n"` gives `headers.get('x') === 'v lead'`.
    *
-   * @throws InvalidArgumentError (a TypeError) when the name is not printable ASCII without `:`, the
-   *   value is not a string, holds a line break that is not a fold, would
-   *   write a line of only spaces and tabs (a fold followed by nothing but
-   *   whitespace), or has a run too long to fit a line; the envelope is
-   *   then unchanged.
+   * @throws InvalidArgumentError (a TypeError) when the name is not
+   *   printable ASCII without `:`, the value is not a string, holds a
+   *   line break that is not a fold, would write a line of only spaces
+   *   and tabs (a fold followed by nothing but whitespace), or has a run
+   *   too long to fit a line; the envelope is then unchanged.
    */
   prependHeader(name: string, value: string): void {
     const eol = lineEndingOf(this.headers.bytes, this.message);
@@ -520,8 +520,8 @@ export class Envelope {
    *
    * @param newRecipients - recipients for the copy (copied; `[]` is kept
    *   as empty); by default those of this envelope.
-   * @throws InvalidArgumentError (a TypeError) when `newRecipients` is given and is not an array of
-   *   strings.
+   * @throws InvalidArgumentError (a TypeError) when `newRecipients` is
+   *   given and is not an array of strings.
    */
   copy(newRecipients?: string[]): Envelope {
     const recipients =

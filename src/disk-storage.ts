@@ -171,8 +171,9 @@ const liveTmpFiles = new Set<string>();
 /**
  * The last call queued on each message of this thread, by its queue's
  * real meta directory and id, so that calls on one message run in call
- * order even when they come from two stores of one queue. (Another thread or process cannot own the
- * queue at the same time: see lock.ts.)
+ * order even when they come from two stores of one queue. (Stores of
+ * another thread, process or copy of this module are other owners of
+ * the queue lock, refused while these hold it: see lock.ts.)
  */
 const perMessage = new Map<string, Promise<unknown>>();
 

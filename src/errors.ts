@@ -135,10 +135,20 @@ export class CrossDeviceError extends QueueError {
   }
 }
 
-/** Another process holds the queue's lock. */
+/**
+ * The queue lock cannot be taken: another owner holds it (retryable, as
+ * that owner may end), or only someone removing it by hand, or changing
+ * the setup, can help (not retryable).
+ */
 export class LockedError extends QueueError {
-  constructor(message: string, cause?: unknown) {
-    super('ERR_QUEUE_LOCKED', message, { cause, retryable: true });
+  constructor(
+    message: string,
+    options?: { cause?: unknown; retryable?: boolean },
+  ) {
+    super('ERR_QUEUE_LOCKED', message, {
+      cause: options?.cause,
+      retryable: options?.retryable ?? true,
+    });
   }
 }
 

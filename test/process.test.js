@@ -205,7 +205,7 @@ for (const io of BACKENDS) {
           const err = await rejects(call());
           assert.equal(err.code, 'ERR_QUEUE_LOCKED');
           assert.equal(err.retryable, true);
-          assert.match(err.message, new RegExp(`process ${child.pid}`));
+          assert.match(err.message, new RegExp(`in use by process ${child.pid} \\(thread 0\\)$`));
         }
         await second.close();
 
@@ -225,6 +225,35 @@ for (const io of BACKENDS) {
       assert.equal(await next.incrementAttempts(added), 1);
       assert.equal((await next.getInfo()).size, 2);
       await next.close();
+    });
+
+    it('refuses updates from a second copy of the package in this thread, so that no update is lost', async function () {
+      // A duplicated node_modules, or a cleared require cache: a second
+      // copy of the module, with state of its own, is another owner.
+      const dist = path.resolve(__dirname, '..', 'dist') + path.sep;
+      const saved = { ...require.cache };
+      for (const k of Object.keys(require.cache)) if (k.startsWith(dist)) delete require.cache[k];
+      let copy;
+      try {
+        copy = require('..');
+      } finally {
+        for (const k of Object.keys(require.cache)) if (k.startsWith(dist)) delete require.cache[k];
+        Object.assign(require.cache, saved);
+      }
+      assert.notEqual(copy.DiskStorage, require('..').DiskStorage);
+      const a = openStore(tmp(), io);
+      const b = new copy.DiskStorage(path.join(tmp(), 'env'), path.join(tmp(), 'meta'), path.join(tmp(), 'tmp'), { io });
+      const id = await a.write(makeEnvelope(), 1);
+      const results = await Promise.allSettled(Array.from({ length: 80 }, (_, i) => (i % 2 ? b : a).incrementAttempts(id)));
+      const done = results.filter((r) => r.status === 'fulfilled').length;
+      const refused = results.filter((r) => r.status === 'rejected').map((r) => r.reason);
+      for (const err of refused) assert.equal(err.code, 'ERR_QUEUE_LOCKED', err.stack);
+      await a.close();
+      await b.close();
+      const reader = openStore(tmp(), io, { readOnly: true });
+      assert.equal((await reader.inspect(id)).attempts, done, `${done} increments resolved`);
+      await reader.close();
+      assert.equal(refused.length, 40);
     });
 
     it('refuses updates beside an owner in another PID namespace', async function () {
@@ -253,7 +282,7 @@ for (const io of BACKENDS) {
         const second = openStore(tmp(), io);
         const err = await rejects(second.incrementAttempts(line.id));
         assert.equal(err.code, 'ERR_QUEUE_LOCKED');
-        assert.match(err.message, /another PID namespace/);
+        assert.match(err.message, /in use by process 1 \(thread 0\)$/);
         await second.close();
       } finally {
         child.kill('SIGKILL');
@@ -327,7 +356,7 @@ for (const io of BACKENDS) {
       };
       const refused = await inWorker();
       assert.equal(refused.code, 'ERR_QUEUE_LOCKED', JSON.stringify(refused));
-      assert.match(refused.message, /in use by thread 0 of this process/);
+      assert.match(refused.message, new RegExp(`in use by process ${process.pid} \\(thread 0\\)$`));
       await owner.close();
 
       assert.deepEqual(await inWorker(), { attempts: 2 });

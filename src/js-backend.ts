@@ -239,7 +239,9 @@ export class JsBackend implements Backend {
         });
         for (const w of sync.covered) w.resolve();
       } catch (err) {
-        for (const w of sync.covered) w.reject(err);
+        // Each waiter's own copy: a caller may add to the error it gets.
+        const failure = err as NodeJS.ErrnoException;
+        for (const w of sync.covered) w.reject(copyError(failure));
       }
       sync.covered = sync.next;
       sync.next = [];

@@ -604,6 +604,26 @@ describe('Backend errors (native and js alike)', () => {
     assert.equal(envSizes[2], 1);
   });
 
+  // The facade adds `retryable` to the error it is given: one object
+  // shared by several plans would be changed for all of them at once.
+  it('gives each plan that one failed sync covered an Error of its own', async () => {
+    for (const name of BACKENDS) {
+      const missing = path.join(dir(), `${name}-missing`);
+      const backend = backendNamed(name);
+      const errors = await Promise.all(
+        [1, 2, 3].map(() =>
+          rejection(backend.run([{ op: 'sync_dir', path: missing }])),
+        ),
+      );
+      assert.equal(new Set(errors).size, 3, `${name}: one Error shared`);
+      for (const err of errors) {
+        assert.deepEqual(shape(err, dir()), shape(errors[0], dir()));
+      }
+      expectShape(shape(errors[0], dir()), 'ENOENT', 'open');
+      assert.equal(errors[0].path, missing);
+    }
+  });
+
   it('gives EACCES from open to a user without permission', function () {
     const d = dir();
     fs.chmodSync(d, 0o755);

@@ -156,13 +156,7 @@ export class JsBackend implements Backend {
     if (!Array.isArray(paths)) invalid('paths must be an array');
     for (const p of paths) checkPath(p, 'path');
     const files: (Buffer | NodeJS.ErrnoException)[] = [];
-    for (const p of paths) {
-      try {
-        files.push(await this.gate.run(() => readQueueFile(p)));
-      } catch (err) {
-        files.push(err as NodeJS.ErrnoException);
-      }
-    }
+    for (const p of paths) files.push(await this.readOne(p));
     return files;
   }
 
@@ -172,19 +166,12 @@ export class JsBackend implements Backend {
     if (!Array.isArray(paths)) invalid('paths must be an array');
     for (const p of paths) checkPath(p, 'path');
     const stats: (FileStat | NodeJS.ErrnoException)[] = [];
-    for (const p of paths) {
-      try {
-        const st = await this.gate.run(() => fs.lstat(p));
-        stats.push({ size: st.size, ctimeMs: st.ctimeMs });
-      } catch (err) {
-        stats.push(err as NodeJS.ErrnoException);
-      }
-    }
+    for (const p of paths) stats.push(await this.lstatOne(p));
     return stats;
   }
 
-  // The reads and the lstats run side by side, each in turn through
-  // the gate, as two batches of the native backend would.
+  // Each id's read, then its lstat, one slot at a time, as the native
+  // scan does in its one job.
   async scanMeta(
     metaDir: string,
     envDir: string,
@@ -198,11 +185,35 @@ export class JsBackend implements Backend {
         invalid('an id must be 32 lowercase hex digits');
       }
     }
-    const [metas, envStats] = await Promise.all([
-      this.readFiles(ids.map((id) => path.join(metaDir, `${id}.meta`))),
-      this.statFiles(ids.map((id) => path.join(envDir, `${id}.env`))),
-    ]);
+    const metas: MetaScan['metas'] = [];
+    const envStats: MetaScan['envStats'] = [];
+    for (const id of ids) {
+      metas.push(await this.readOne(path.join(metaDir, `${id}.meta`)));
+      envStats.push(await this.lstatOne(path.join(envDir, `${id}.env`)));
+    }
     return { metas, envStats };
+  }
+
+  // A file's bytes, or the error that stopped its read.
+  private async readOne(
+    file: string,
+  ): Promise<Buffer | NodeJS.ErrnoException> {
+    try {
+      return await this.gate.run(() => readQueueFile(file));
+    } catch (err) {
+      return err as NodeJS.ErrnoException;
+    }
+  }
+
+  private async lstatOne(
+    file: string,
+  ): Promise<FileStat | NodeJS.ErrnoException> {
+    try {
+      const st = await this.gate.run(() => fs.lstat(file));
+      return { size: st.size, ctimeMs: st.ctimeMs };
+    } catch (err) {
+      return err as NodeJS.ErrnoException;
+    }
   }
 
   /**

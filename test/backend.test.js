@@ -659,6 +659,45 @@ describe('Backend errors (native and js alike)', () => {
   });
 });
 
+// plan.ts: a call holds at most one thread of the pool at a time.
+describe('JsBackend#scanMeta()', () => {
+  const dir = useTempDir();
+
+  it('holds one slot of its gate at a time', async () => {
+    const { JsBackend } = require('../dist/js-backend.js');
+    const backend = new JsBackend({ maxInFlight: 4 });
+    const gate = backend.gate;
+    const run = gate.run.bind(gate);
+    let active = 0;
+    let most = 0;
+    gate.run = (task) =>
+      run(async () => {
+        most = Math.max(most, ++active);
+        try {
+          return await task();
+        } finally {
+          active--;
+        }
+      });
+
+    const ids = ['1', '2', '3'].map((c) => c.repeat(32));
+    fs.mkdirSync(`${dir()}/meta`);
+    fs.mkdirSync(`${dir()}/env`);
+    for (const id of ids) {
+      fs.writeFileSync(`${dir()}/meta/${id}.meta`, id);
+      fs.writeFileSync(`${dir()}/env/${id}.env`, 'env');
+    }
+    const { metas, envStats } = await backend.scanMeta(
+      `${dir()}/meta`,
+      `${dir()}/env`,
+      ids,
+    );
+    assert.equal(most, 1);
+    assert.deepEqual(metas.map(String), ids);
+    assert.deepEqual(envStats.map((st) => st.size), [3, 3, 3]);
+  });
+});
+
 describe('NativeBackend when the addon returns no Promise', () => {
   const { NativeBackend } = require('../dist/native.js');
   const raw = {

@@ -505,6 +505,17 @@ struct Bytes {
 constexpr size_t kMaxBufLen =
     std::numeric_limits<decltype(uv_buf_t::len)>::max();
 
+// A Buffer or another Uint8Array, whose length counts bytes, as the JS
+// backend takes. napi_is_buffer would take any view, a Float64Array too.
+bool IsBytes(napi_env env, napi_value v) {
+  bool typed = false;
+  napi_typedarray_type type = napi_int8_array;
+  return napi_is_typedarray(env, v, &typed) == napi_ok && typed &&
+         napi_get_typedarray_info(env, v, &type, nullptr, nullptr, nullptr,
+                                  nullptr) == napi_ok &&
+         type == napi_uint8_array;
+}
+
 // The Buffers of a write_tmp step, each referenced by the job until it
 // ends, as uv_buf_t pointing into their memory.
 bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
@@ -513,7 +524,7 @@ bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
   auto to_bytes = [&](Napi::Value b, Bytes* bytes) {
     void* data = nullptr;
     napi_ref ref = nullptr;
-    if (!b.IsBuffer() ||
+    if (!IsBytes(env, b) ||
         napi_get_buffer_info(env, b, &data, &bytes->len) != napi_ok ||
         napi_create_reference(env, b, 1, &ref) != napi_ok) {
       ThrowInvalid(env, kNotBufs);

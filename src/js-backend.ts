@@ -3,6 +3,7 @@ import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { types } from 'node:util';
 import { ID_PATTERN } from './format';
 import { Limiter, defaultMaxInFlight } from './limiter';
 import type {
@@ -324,7 +325,8 @@ function checkPath(value: unknown, key: string): void {
 // Every step is checked and copied before the first one runs, as the
 // native glue does while it converts its arguments: a caller changing
 // the steps or emptying a bufs array afterwards changes nothing. The
-// Buffers themselves are not copied, in either backend.
+// Buffers themselves are not copied, in either backend. Both take only
+// Uint8Arrays (Buffers among them), whose length counts bytes.
 function copySteps(steps: Step[]): Step[] {
   if (!Array.isArray(steps)) invalid('steps must be an array');
   return steps.map((step) => {
@@ -336,7 +338,7 @@ function copySteps(steps: Step[]): Step[] {
         checkPath(step.path, 'path');
         if (
           !Array.isArray(step.bufs) ||
-          !step.bufs.every((b) => ArrayBuffer.isView(b))
+          !step.bufs.every((b) => types.isUint8Array(b))
         ) {
           invalid('step.bufs must be an array of Buffers');
         }

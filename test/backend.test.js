@@ -624,6 +624,37 @@ describe('Backend errors (native and js alike)', () => {
     }
   });
 
+  // Both count a write's bytes, so both take only byte arrays.
+  it('refuses bufs that are not Buffers or Uint8Arrays', async () => {
+    const bad = [
+      new Float64Array(2),
+      new Uint16Array(3),
+      new DataView(new ArrayBuffer(4)),
+      new ArrayBuffer(4),
+      'text',
+    ];
+    for (const name of BACKENDS) {
+      const d = path.join(dir(), name);
+      fs.mkdirSync(d);
+      const backend = backendNamed(name);
+      for (const buf of bad) {
+        await assert.rejects(
+          backend.run([{ op: 'write_tmp', path: `${d}/m.tmp`, bufs: [buf] }]),
+          {
+            name: 'TypeError',
+            code: 'ERR_INVALID_ARG_VALUE',
+            message: 'step.bufs must be an array of Buffers',
+          },
+          `${name}: ${Object.prototype.toString.call(buf)}`,
+        );
+      }
+      assert.deepEqual(fs.readdirSync(d), []);
+      const bytes = new Uint8Array([1, 2, 3, 4]);
+      await backend.run([{ op: 'write_tmp', path: `${d}/m.tmp`, bufs: [bytes] }]);
+      assert.deepEqual([...fs.readFileSync(`${d}/m.tmp`)], [1, 2, 3, 4]);
+    }
+  });
+
   it('gives EACCES from open to a user without permission', function () {
     const d = dir();
     fs.chmodSync(d, 0o755);

@@ -110,8 +110,9 @@ void fsync_and_close(uv_work_t* work) {
 
 // A failed fsync is counted in the group before anyone hears of it, for
 // chains whose names it may have cost (see dir_sync.h). A job that
-// could not run made neither call: the directory is closed here, on the
-// loop's thread, rather than left open.
+// could not run made neither call: it fails the waits it covered, as
+// its fsync would have, but is no failed fsync, which alone can drop a
+// name unwritten. The directory is closed here, on the loop's thread.
 void on_fsync_and_close(uv_work_t* work, int status) {
   dir_syncer* s = static_cast<dir_syncer*>(work->data);
   fs_gate_leave(s->group->gate);
@@ -119,11 +120,13 @@ void on_fsync_and_close(uv_work_t* work, int status) {
     uv_fs_t req;
     uv_fs_close(s->group->loop, &req, s->fd, nullptr);
     uv_fs_req_cleanup(&req);
-    s->fsync_error = status;
-    s->close_error = 0;
+    s->fd = -1;
+    s->generation = 0;
+    set_error(s, status, "fsync", true);
+    return finish(s);
   }
-  s->fd = -1;
 
+  s->fd = -1;
   if (s->fsync_error < 0) {
     set_error(s, s->fsync_error, "fsync", true);
     s->group->failed_fsyncs++;

@@ -312,6 +312,21 @@ napi_value TakeException(napi_env env) {
   return exception;
 }
 
+// A plain Error, or null when even that cannot be made.
+napi_value NewError(napi_env env, const char* text) {
+  napi_value message = nullptr;
+  napi_value err = nullptr;
+  if (napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message) !=
+          napi_ok ||
+      napi_create_error(env, nullptr, message, &err) != napi_ok) {
+    return nullptr;
+  }
+  return err;
+}
+
+constexpr const char* kNotBuilt =
+    "slimta-diskstorage: the result could not be built";
+
 // Settles the job's promise with what `make` builds, inside a callback
 // scope, so that promise reactions and next ticks run now rather than
 // whenever the loop next enters JavaScript.
@@ -320,12 +335,12 @@ napi_value TakeException(napi_env env) {
 // worker.terminate(), and while Node closes the handles of an ending
 // environment, the loop goes on running and jobs go on ending before
 // OnTeardown is called; JavaScript cannot run then, and every call that
-// would enter it fails with napi_pending_exception. A result that could
-// not be built whole is then not settled at all: the promise stays
-// pending where nothing can see it any more. When a call failed with an
-// exception instead (out of memory, say, while JavaScript still runs),
-// the promise is rejected with it, so that its caller is not left
-// waiting. No exception is left pending: it would fail the next call.
+// would enter it fails with napi_pending_exception, settling too: the
+// promise stays pending where nothing can see it any more. A result
+// that could not be built whole is rejected instead, with the exception
+// the failed call left (out of memory, say), else with an Error, so
+// that its caller is not left waiting. No exception is left pending: it
+// would fail the next call.
 template <typename Make>
 void Settle(Job* job, Make make) {
   Addon* addon = job->addon;
@@ -351,6 +366,7 @@ void Settle(Job* job, Make make) {
   if (!make(env, &value, &resolve)) {
     resolve = false;
     value = TakeException(env);
+    if (value == nullptr) value = NewError(env, kNotBuilt);
   }
   if (value != nullptr && resolve) {
     napi_resolve_deferred(env, job->deferred, value);

@@ -1,5 +1,5 @@
 // Glue between JavaScript and the request chains: converts arguments,
-// keeps the written Buffers and the store's gate alive, settles one
+// keeps the written Buffers and the call's gate alive, settles one
 // promise per call, and stops the chains when the environment (main
 // thread or worker) ends.
 
@@ -35,9 +35,11 @@ struct Addon {
   std::set<Job*> jobs;
 };
 
-// One store's share of the thread pool: the gate all its requests pass,
-// and the directory syncs its plans share. A store lives in one
-// environment, so both are only touched on that environment's loop.
+// A share of the thread pool: the gate that every request and job of
+// its stores passes (by default every store of the environment that
+// leaves maxInFlight unset), and the directory syncs their plans share.
+// It lives in one environment, so both are only touched on that
+// environment's loop.
 // Freed once the JavaScript object naming it is collected and the last
 // job using it has ended, whichever comes last.
 struct Gate {

@@ -26,7 +26,7 @@
 //
 // A group belongs to one loop (one environment): its callbacks run on
 // that loop's thread and it is never touched from another. Its requests
-// pass the gate of the store it serves; a sync takes one slot at a time
+// and jobs pass the group's gate; a sync takes one slot at a time
 // however many callers it covers, and a caller waiting for it takes none.
 
 #ifndef SLIMTA_DIR_SYNC_H

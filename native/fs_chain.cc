@@ -25,8 +25,9 @@ constexpr int kTmpFlags = UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL |
 
 // The steps, in the order a plan runs them. A write_tmp or publish step
 // is one job on a pool thread, which makes the step's calls one after
-// another; the other steps are one request each. Each job's or
-// request's callback starts the next.
+// another; replace and unlink are one request each, and sync_dir waits
+// for dir_sync. Each job's, request's or sync's callback starts the
+// next.
 void run_step(fs_chain_t* c);
 void replace(fs_chain_t* c);
 void unlink_step(fs_chain_t* c);
@@ -390,25 +391,16 @@ void unlink_step(fs_chain_t* c) {
   if (r < 0) not_queued(c, r, "unlink", &s.path);
 }
 
-// sync_dir: wait for an fsync of the directory that starts after this
-// point, which every link and rename of the plan precedes. A name
-// created, removed or renamed is durable only once its directory is
-// synced, so before it a crash could lose a publish whose file data
-// was already safe. The open, fsync and close are dir_sync's, shared
-// with other chains under group commit, else one sync per step.
-// Waiting holds no slot of the gate: the sync takes one for everyone
-// it covers.
-// A failed fsync of the group since the chain's first name change may
-// have dropped that change unwritten while a later fsync, this one too,
-// succeeds (see dir_sync.h): the step then fails with the group's last
-// failure, which is surely one of those.
-// TODO: Windows cannot open or fsync a directory; this step fails there
-// until a platform file decides what sync_dir means on it.
+// Fails the chain with a sync's result; a close error names no path.
 void fail_with(fs_chain_t* c, const fs_result& r) {
   const std::string* path = r.path.empty() ? nullptr : &r.path;
   fail(c, r.error, r.syscall, path);
 }
 
+// A failed fsync of the group since the chain's first name change may
+// have dropped that change unwritten while a later fsync, this one too,
+// succeeds (see dir_sync.h): the step then fails with the group's last
+// failure, which is surely one of those.
 void on_dir_synced(dir_sync_wait* w) {
   fs_chain_t* c = static_cast<fs_chain_t*>(w->data);
   if (w->result.error < 0) return fail_with(c, w->result);
@@ -421,6 +413,16 @@ void on_dir_synced(dir_sync_wait* w) {
   next_step(c);
 }
 
+// sync_dir: wait for an fsync of the directory that starts after this
+// point, which every link and rename of the plan precedes. A name
+// created, removed or renamed is durable only once its directory is
+// synced, so before it a crash could lose a publish whose file data
+// was already safe. The open, fsync and close are dir_sync's, shared
+// with other chains under group commit, else one sync per step.
+// Waiting holds no slot of the gate: the sync takes one for everyone
+// it covers.
+// TODO: Windows cannot open or fsync a directory; this step fails there
+// until a platform file decides what sync_dir means on it.
 void sync_dir(fs_chain_t* c) {
   fs_chain_step& s = current(c);
   c->dir_wait.data = c;

@@ -45,10 +45,6 @@ interface Made {
   published: string[];
 }
 
-// TODO: a worker terminated or a process exiting mid-plan never resumes
-// the awaits, so the undo of the native chain does not happen here and
-// tmp files may stay; the store's startup sweep has to remove them.
-
 interface Waiter {
   resolve: () => void;
   reject: (err: unknown) => void;
@@ -89,13 +85,14 @@ function newShare(maxInFlight: number): Share {
 let defaultShare: Share | null = null;
 
 /**
- * Runs plans with node:fs/promises, one awaited call per system call:
- * the same steps, failure and undo rules, and error codes as the native
- * backend, for where the addon cannot load. Each awaited call takes a
- * slot of the backend's gate, as each request does in the addon: a gate
- * of its own when maxInFlight is given, else the one the thread's other
- * such backends share. Group commit works as there: directory syncs are
- * shared by the plans of one gate.
+ * Runs plans with node:fs/promises: the same steps, failure and undo
+ * rules, and error codes as the native backend, for where the addon
+ * cannot load. Each awaited fs call, and each whole-file read (see
+ * readQueueFile), takes a slot of the backend's gate, as each request
+ * or job does in the addon: a gate of its own when maxInFlight is
+ * given, else the one the thread's other such backends share. Group
+ * commit works as there: directory syncs are shared by the plans of one
+ * gate.
  *
  * As there, a failed directory fsync counts for every plan that had
  * changed a name before it ended: after a failure Linux may drop the
@@ -121,6 +118,11 @@ export class JsBackend implements Backend {
     this.gate = this.share.slots;
   }
 
+  // TODO: a worker terminated or a process exiting mid-plan never
+  // resumes the awaits, so the undo of the native chain does not happen
+  // here: tmp files, and names a publish step made, may stay. load()
+  // later removes the stale tmp files and quarantines an env file left
+  // without its meta.
   async run(steps: Step[]): Promise<void> {
     const plan = copySteps(steps);
     const made: Made = { tmpNames: [], published: [] };
@@ -514,7 +516,8 @@ async function undo(gate: Limiter, made: Made): Promise<void> {
  * Reads a whole file as the native backend does: a directory fails at
  * read with EISDIR, and anything else that is not a regular file (a FIFO,
  * a device) with EINVAL, so that a planted one cannot stall or flood a
- * read of the queue.
+ * read of the queue. Its caller runs it in one slot of the gate: open,
+ * fstat, read and close, as in the one job of a native batch.
  */
 async function readQueueFile(file: string): Promise<Buffer> {
   const handle = await fs.open(file, READ_FLAGS);

@@ -1,14 +1,8 @@
 #include "dir_sync.h"
 
-#include <fcntl.h>
-
 #include <vector>
 
-#ifdef O_CLOEXEC
-constexpr int kCloexec = O_CLOEXEC;
-#else
-constexpr int kCloexec = 0;
-#endif
+#include "fs_flags.h"
 
 constexpr int kDirFlags = UV_FS_O_RDONLY | UV_FS_O_DIRECTORY | kCloexec;
 

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 
+#include "fs_flags.h"
+
 namespace {
 
 // Reads, like writes, stay below 1 GiB per call.
@@ -26,13 +28,8 @@ constexpr size_t kFirstChunk = 64 * 1024;
 
 // Queue files are read without following a planted symlink, and without
 // blocking on a planted FIFO.
-#ifdef O_CLOEXEC
 constexpr int kReadFlags =
-    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK | O_CLOEXEC;
-#else
-constexpr int kReadFlags =
-    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK;
-#endif
+    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK | kCloexec;
 
 // The calls below run on a pool thread and block it: libuv runs a
 // uv_fs_* call in place when it is given no callback. The loop is only
@@ -188,7 +185,7 @@ constexpr char kSep = '/';
 int open_dir(const std::string& path) {
   int fd;
   do {
-    fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | kCloexec);
   } while (fd < 0 && errno == EINTR);
   return fd;
 }

@@ -1,8 +1,8 @@
 #include "fs_chain.h"
 
-#include <fcntl.h>
-
 #include <algorithm>
+
+#include "fs_flags.h"
 
 namespace {
 
@@ -13,12 +13,6 @@ constexpr size_t kMaxWriteBytes = (size_t(1) << 30) - 4096;
 // Buffers per write call; libuv splits larger arrays itself, a bound
 // keeps each call's copy of the array small.
 constexpr size_t kMaxWriteBufs = 1024;
-
-#ifdef O_CLOEXEC
-constexpr int kCloexec = O_CLOEXEC;
-#else
-constexpr int kCloexec = 0;
-#endif
 
 constexpr int kTmpFlags = UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL |
                           UV_FS_O_NOFOLLOW | kCloexec;

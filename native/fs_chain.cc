@@ -152,47 +152,13 @@ void fail_job(fs_chain_t* c) {
 
 // In a job, libuv makes each uv_fs_* call in place, blocking the pool
 // thread, as it does when given no callback; the loop is only recorded
-// in the request. Each returns the call's result and cleans up.
-int open_now(fs_chain_t* c, const char* path, int flags, int mode) {
+// in the request. Makes `call` with `args`, cleans up and returns its
+// result: for write, the count written, which fits an int since a call
+// carries less than 1 GiB.
+template <typename Call, typename... Args>
+int now(fs_chain_t* c, Call call, Args... args) {
   uv_fs_t req;
-  int r = uv_fs_open(c->loop, &req, path, flags, mode, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-// The count written fits an int: a call carries less than 1 GiB.
-int write_now(fs_chain_t* c, uv_file fd, const uv_buf_t* bufs,
-              unsigned n, int64_t offset) {
-  uv_fs_t req;
-  int r = uv_fs_write(c->loop, &req, fd, bufs, n, offset, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int fdatasync_now(fs_chain_t* c, uv_file fd) {
-  uv_fs_t req;
-  int r = uv_fs_fdatasync(c->loop, &req, fd, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int close_now(fs_chain_t* c, uv_file fd) {
-  uv_fs_t req;
-  int r = uv_fs_close(c->loop, &req, fd, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int link_now(fs_chain_t* c, const char* path, const char* dest) {
-  uv_fs_t req;
-  int r = uv_fs_link(c->loop, &req, path, dest, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int unlink_now(fs_chain_t* c, const char* path) {
-  uv_fs_t req;
-  int r = uv_fs_unlink(c->loop, &req, path, nullptr);
+  int r = call(c->loop, &req, args..., nullptr);
   uv_fs_req_cleanup(&req);
   return r;
 }
@@ -229,8 +195,9 @@ void next_step(fs_chain_t* c) {
 //
 // Writes the whole body. A call may take fewer bytes than it was
 // offered, so each call starts where the last one stopped, and no call
-// carries 1 GiB or more, nor more than kMaxWriteBufs buffers. The bytes are the caller's own memory, which
-// it keeps alive until the chain reports.
+// carries 1 GiB or more, nor more than kMaxWriteBufs buffers. The bytes
+// are the caller's own memory, which it keeps alive until the chain
+// reports.
 void write_body(fs_chain_t* c, uv_file fd) {
   const std::vector<uv_buf_t>& bufs = current(c).bufs;
   std::vector<uv_buf_t> iov;
@@ -259,7 +226,7 @@ void write_body(fs_chain_t* c, uv_file fd) {
     }
 
     unsigned n = static_cast<unsigned>(iov.size());
-    int r = write_now(c, fd, iov.data(), n, file_offset);
+    int r = now(c, uv_fs_write, fd, iov.data(), n, file_offset);
     if (r < 0) return job_error(c, r, "write");
 
     // A regular file that takes no byte at all will not take the next
@@ -291,17 +258,17 @@ void write_body(fs_chain_t* c, uv_file fd) {
 // only when all else went well.
 void write_tmp_work(fs_chain_t* c) {
   fs_chain_step& s = current(c);
-  int fd = open_now(c, s.path.c_str(), kTmpFlags, 0600);
+  int fd = now(c, uv_fs_open, s.path.c_str(), kTmpFlags, 0600);
   if (fd < 0) return job_error(c, fd, "open", &s.path);
 
   c->job.made = true;
   write_body(c, fd);
   if (c->job.error == 0) {
-    int r = fdatasync_now(c, fd);
+    int r = now(c, uv_fs_fdatasync, fd);
     if (r < 0) job_error(c, r, "fdatasync");
   }
 
-  int r = close_now(c, fd);
+  int r = now(c, uv_fs_close, fd);
   if (r < 0 && c->job.error == 0) job_error(c, r, "close");
 }
 
@@ -321,11 +288,11 @@ void write_tmp_done(fs_chain_t* c, int status) {
 // message is never written over another.
 void publish_work(fs_chain_t* c) {
   fs_chain_step& s = current(c);
-  int r = link_now(c, s.path.c_str(), s.dest.c_str());
+  int r = now(c, uv_fs_link, s.path.c_str(), s.dest.c_str());
   if (r < 0) return job_error(c, r, "link", &s.path, &s.dest);
 
   c->job.made = true;
-  r = unlink_now(c, s.path.c_str());
+  r = now(c, uv_fs_unlink, s.path.c_str());
   if (r < 0) job_error(c, r, "unlink", &s.path);
 }
 

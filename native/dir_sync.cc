@@ -56,7 +56,9 @@ ssize_t end_req(dir_syncer* s) {
   return fs_gate_end_req(s->group->gate, &s->req);
 }
 
-void set_error(dir_syncer* s, int err, const char* syscall, bool path) {
+// Keeps the sync's first error; `path` names the directory in it.
+void keep_first_error(dir_syncer* s, int err, const char* syscall,
+                      bool path) {
   if (s->result.error != 0) return;
 
   s->result.error = err;
@@ -116,17 +118,17 @@ void on_fsync_and_close(uv_work_t* work, int status) {
     uv_fs_req_cleanup(&req);
     s->fd = -1;
     s->generation = 0;
-    set_error(s, status, "fsync", true);
+    keep_first_error(s, status, "fsync", true);
     return finish(s);
   }
 
   s->fd = -1;
   if (s->fsync_error < 0) {
-    set_error(s, s->fsync_error, "fsync", true);
+    keep_first_error(s, s->fsync_error, "fsync", true);
     s->group->failed_fsyncs++;
     s->group->last_failure = s->result;
   }
-  if (s->close_error < 0) set_error(s, s->close_error, "close", false);
+  if (s->close_error < 0) keep_first_error(s, s->close_error, "close", false);
 
   finish(s);
 }
@@ -152,7 +154,7 @@ void on_open(uv_fs_t* req) {
   dir_syncer* s = syncer_of(req);
   ssize_t r = end_req(s);
   if (r < 0) {
-    set_error(s, r, "open", true);
+    keep_first_error(s, r, "open", true);
     return finish(s);
   }
 
@@ -167,7 +169,7 @@ void open_now(fs_gate_turn* turn) {
   if (r == 0) return;
 
   end_req(s);
-  set_error(s, r, "open", true);
+  keep_first_error(s, r, "open", true);
   finish(s);
 }
 

@@ -1,5 +1,5 @@
 // Glue between JavaScript and the request chains: converts arguments,
-// keeps the written Buffers and the store's gate alive, settles one
+// keeps the written Buffers and the call's gate alive, settles one
 // promise per call, and stops the chains when the environment (main
 // thread or worker) ends.
 
@@ -35,9 +35,11 @@ struct Addon {
   std::set<Job*> jobs;
 };
 
-// One store's share of the thread pool: the gate all its requests pass,
-// and the directory syncs its plans share. A store lives in one
-// environment, so both are only touched on that environment's loop.
+// A share of the thread pool: the gate that every request and job of
+// its stores passes (by default every store of the environment that
+// leaves maxInFlight unset), and the directory syncs their plans share.
+// It lives in one environment, so both are only touched on that
+// environment's loop.
 // Freed once the JavaScript object naming it is collected and the last
 // job using it has ended, whichever comes last.
 struct Gate {
@@ -312,6 +314,21 @@ napi_value TakeException(napi_env env) {
   return exception;
 }
 
+// A plain Error, or null when even that cannot be made.
+napi_value NewError(napi_env env, const char* text) {
+  napi_value message = nullptr;
+  napi_value err = nullptr;
+  if (napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message) !=
+          napi_ok ||
+      napi_create_error(env, nullptr, message, &err) != napi_ok) {
+    return nullptr;
+  }
+  return err;
+}
+
+constexpr const char* kNotBuilt =
+    "slimta-diskstorage: the result could not be built";
+
 // Settles the job's promise with what `make` builds, inside a callback
 // scope, so that promise reactions and next ticks run now rather than
 // whenever the loop next enters JavaScript.
@@ -320,12 +337,12 @@ napi_value TakeException(napi_env env) {
 // worker.terminate(), and while Node closes the handles of an ending
 // environment, the loop goes on running and jobs go on ending before
 // OnTeardown is called; JavaScript cannot run then, and every call that
-// would enter it fails with napi_pending_exception. A result that could
-// not be built whole is then not settled at all: the promise stays
-// pending where nothing can see it any more. When a call failed with an
-// exception instead (out of memory, say, while JavaScript still runs),
-// the promise is rejected with it, so that its caller is not left
-// waiting. No exception is left pending: it would fail the next call.
+// would enter it fails with napi_pending_exception, settling too: the
+// promise stays pending where nothing can see it any more. A result
+// that could not be built whole is rejected instead, with the exception
+// the failed call left (out of memory, say), else with an Error, so
+// that its caller is not left waiting. No exception is left pending: it
+// would fail the next call.
 template <typename Make>
 void Settle(Job* job, Make make) {
   Addon* addon = job->addon;
@@ -351,6 +368,7 @@ void Settle(Job* job, Make make) {
   if (!make(env, &value, &resolve)) {
     resolve = false;
     value = TakeException(env);
+    if (value == nullptr) value = NewError(env, kNotBuilt);
   }
   if (value != nullptr && resolve) {
     napi_resolve_deferred(env, job->deferred, value);
@@ -505,6 +523,17 @@ struct Bytes {
 constexpr size_t kMaxBufLen =
     std::numeric_limits<decltype(uv_buf_t::len)>::max();
 
+// A Buffer or another Uint8Array, whose length counts bytes, as the JS
+// backend takes. napi_is_buffer would take any view, a Float64Array too.
+bool IsBytes(napi_env env, napi_value v) {
+  bool typed = false;
+  napi_typedarray_type type = napi_int8_array;
+  return napi_is_typedarray(env, v, &typed) == napi_ok && typed &&
+         napi_get_typedarray_info(env, v, &type, nullptr, nullptr, nullptr,
+                                  nullptr) == napi_ok &&
+         type == napi_uint8_array;
+}
+
 // The Buffers of a write_tmp step, each referenced by the job until it
 // ends, as uv_buf_t pointing into their memory.
 bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
@@ -513,7 +542,7 @@ bool GetBufs(Napi::Object obj, Job* job, fs_chain_step* step) {
   auto to_bytes = [&](Napi::Value b, Bytes* bytes) {
     void* data = nullptr;
     napi_ref ref = nullptr;
-    if (!b.IsBuffer() ||
+    if (!IsBytes(env, b) ||
         napi_get_buffer_info(env, b, &data, &bytes->len) != napi_ok ||
         napi_create_reference(env, b, 1, &ref) != napi_ok) {
       ThrowInvalid(env, kNotBufs);

@@ -1,14 +1,8 @@
 #include "dir_sync.h"
 
-#include <fcntl.h>
-
 #include <vector>
 
-#ifdef O_CLOEXEC
-constexpr int kCloexec = O_CLOEXEC;
-#else
-constexpr int kCloexec = 0;
-#endif
+#include "fs_flags.h"
 
 constexpr int kDirFlags = UV_FS_O_RDONLY | UV_FS_O_DIRECTORY | kCloexec;
 
@@ -62,7 +56,9 @@ ssize_t end_req(dir_syncer* s) {
   return fs_gate_end_req(s->group->gate, &s->req);
 }
 
-void set_error(dir_syncer* s, int err, const char* syscall, bool path) {
+// Keeps the sync's first error; `path` names the directory in it.
+void keep_first_error(dir_syncer* s, int err, const char* syscall,
+                      bool path) {
   if (s->result.error != 0) return;
 
   s->result.error = err;
@@ -110,8 +106,9 @@ void fsync_and_close(uv_work_t* work) {
 
 // A failed fsync is counted in the group before anyone hears of it, for
 // chains whose names it may have cost (see dir_sync.h). A job that
-// could not run made neither call: the directory is closed here, on the
-// loop's thread, rather than left open.
+// could not run made neither call: it fails the waits it covered, as
+// its fsync would have, but is no failed fsync, which alone can drop a
+// name unwritten. The directory is closed here, on the loop's thread.
 void on_fsync_and_close(uv_work_t* work, int status) {
   dir_syncer* s = static_cast<dir_syncer*>(work->data);
   fs_gate_leave(s->group->gate);
@@ -119,17 +116,19 @@ void on_fsync_and_close(uv_work_t* work, int status) {
     uv_fs_t req;
     uv_fs_close(s->group->loop, &req, s->fd, nullptr);
     uv_fs_req_cleanup(&req);
-    s->fsync_error = status;
-    s->close_error = 0;
+    s->fd = -1;
+    s->generation = 0;
+    keep_first_error(s, status, "fsync", true);
+    return finish(s);
   }
-  s->fd = -1;
 
+  s->fd = -1;
   if (s->fsync_error < 0) {
-    set_error(s, s->fsync_error, "fsync", true);
+    keep_first_error(s, s->fsync_error, "fsync", true);
     s->group->failed_fsyncs++;
     s->group->last_failure = s->result;
   }
-  if (s->close_error < 0) set_error(s, s->close_error, "close", false);
+  if (s->close_error < 0) keep_first_error(s, s->close_error, "close", false);
 
   finish(s);
 }
@@ -155,7 +154,7 @@ void on_open(uv_fs_t* req) {
   dir_syncer* s = syncer_of(req);
   ssize_t r = end_req(s);
   if (r < 0) {
-    set_error(s, r, "open", true);
+    keep_first_error(s, r, "open", true);
     return finish(s);
   }
 
@@ -170,7 +169,7 @@ void open_now(fs_gate_turn* turn) {
   if (r == 0) return;
 
   end_req(s);
-  set_error(s, r, "open", true);
+  keep_first_error(s, r, "open", true);
   finish(s);
 }
 

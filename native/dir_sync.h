@@ -20,11 +20,13 @@
 // fsync Linux may drop the directory's dirty state and report the error
 // only once, so a later fsync may succeed without having written them.
 // The group counts its failed fsyncs for that; a chain compares the count
-// with the one it saw when it first changed a name (see fs_chain.h).
+// with the one it saw when it first changed a name (see fs_chain.h). A
+// job that could not run tried no fsync: it fails only the callers it
+// covered, and is not counted.
 //
 // A group belongs to one loop (one environment): its callbacks run on
 // that loop's thread and it is never touched from another. Its requests
-// pass the gate of the store it serves; a sync takes one slot at a time
+// and jobs pass the group's gate; a sync takes one slot at a time
 // however many callers it covers, and a caller waiting for it takes none.
 
 #ifndef SLIMTA_DIR_SYNC_H
@@ -68,7 +70,8 @@ struct dir_sync_wait {
   // Valid in the callback: how the covering sync ended, the generation
   // of the last fsync submitted when the wait began, and the generation
   // of the fsync that covered it: greater than `after`, or 0 when the
-  // sync failed before its fsync was tried (its open failed).
+  // sync failed before its fsync was tried (its open failed, or its
+  // job could not run).
   fs_result result;
   uint64_t after = 0;
   uint64_t generation = 0;

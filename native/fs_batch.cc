@@ -11,6 +11,8 @@
 
 #include <algorithm>
 
+#include "fs_flags.h"
+
 namespace {
 
 // Reads, like writes, stay below 1 GiB per call.
@@ -26,32 +28,27 @@ constexpr size_t kFirstChunk = 64 * 1024;
 
 // Queue files are read without following a planted symlink, and without
 // blocking on a planted FIFO.
-#ifdef O_CLOEXEC
 constexpr int kReadFlags =
-    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK | O_CLOEXEC;
-#else
-constexpr int kReadFlags =
-    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK;
-#endif
+    UV_FS_O_RDONLY | UV_FS_O_NOFOLLOW | UV_FS_O_NONBLOCK | kCloexec;
 
 // The calls below run on a pool thread and block it: libuv runs a
 // uv_fs_* call in place when it is given no callback. The loop is only
 // recorded in the request, never used.
 
 // Calls on a descriptor name no path, as in Node's fs errors.
-void set_error(fs_result& result, int err, const char* syscall,
-               const std::string* path) {
+void fill_error(fs_result& result, int err, const char* syscall,
+                const std::string* path) {
   result.error = err;
   result.syscall = syscall;
   if (path != nullptr) result.path = *path;
 }
 
-// A read that failed hands over no bytes.
-void set_error(fs_batch_file& f, int err, const char* syscall) {
+// A read that failed hands over no bytes: they are freed here.
+void fail_read(fs_batch_file& f, int err, const char* syscall) {
   free(f.data);
   f.data = nullptr;
   f.len = 0;
-  set_error(f.result, err, syscall, nullptr);
+  fill_error(f.result, err, syscall, nullptr);
 }
 
 // A buffer from malloc() that a read appends to: a file's own, or the
@@ -123,7 +120,8 @@ int read_all(fs_batch_t* b, uv_file fd, byte_buf* out, const char** syscall) {
     }
 
     size_t want = std::min(room, kMaxReadBytes);
-    uv_buf_t buf = uv_buf_init(out->data + out->len, static_cast<unsigned>(want));
+    char* end = out->data + out->len;
+    uv_buf_t buf = uv_buf_init(end, static_cast<unsigned>(want));
     r = uv_fs_read(b->loop, &req, fd, &buf, 1, -1, nullptr);
     uv_fs_req_cleanup(&req);
     if (r < 0) return r;
@@ -139,18 +137,18 @@ void read_file(fs_batch_t* b, fs_batch_file& f) {
   uv_fs_t req;
   int fd = uv_fs_open(b->loop, &req, f.path.c_str(), kReadFlags, 0, nullptr);
   uv_fs_req_cleanup(&req);
-  if (fd < 0) return set_error(f.result, fd, "open", &f.path);
+  if (fd < 0) return fill_error(f.result, fd, "open", &f.path);
 
   byte_buf buf;
   const char* syscall = nullptr;
   int err = read_all(b, fd, &buf, &syscall);
   f.data = buf.data;
   f.len = buf.len;
-  if (err < 0) set_error(f, err, syscall);
+  if (err < 0) fail_read(f, err, syscall);
 
   int r = uv_fs_close(b->loop, &req, fd, nullptr);
   uv_fs_req_cleanup(&req);
-  if (r < 0 && err == 0) set_error(f, r, "close");
+  if (r < 0 && err == 0) fail_read(f, r, "close");
 }
 
 int lstat_path(fs_batch_t* b, const char* path, fs_batch_file& f) {
@@ -167,7 +165,7 @@ int lstat_path(fs_batch_t* b, const char* path, fs_batch_file& f) {
 
 void lstat_file(fs_batch_t* b, fs_batch_file& f) {
   int r = lstat_path(b, f.path.c_str(), f);
-  if (r < 0) set_error(f.result, r, "lstat", &f.path);
+  if (r < 0) fill_error(f.result, r, "lstat", &f.path);
 }
 
 // A scan names files relative to a descriptor of their directory, which
@@ -188,7 +186,7 @@ constexpr char kSep = '/';
 int open_dir(const std::string& path) {
   int fd;
   do {
-    fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    fd = open(path.c_str(), O_RDONLY | O_DIRECTORY | kCloexec);
   } while (fd < 0 && errno == EINTR);
   return fd;
 }
@@ -250,7 +248,7 @@ void scan_one(fs_batch_t* b, fs_batch_file& f, int meta_fd, int env_fd,
   int fd = open_meta(b, meta_fd, name);
   if (fd < 0) {
     std::string path = join(b->dir, name);
-    set_error(f.result, fd, "open", &path);
+    fill_error(f.result, fd, "open", &path);
   } else {
     byte_buf arena{b->arena, b->arena_len, b->arena_cap};
     const char* syscall = nullptr;
@@ -258,14 +256,14 @@ void scan_one(fs_batch_t* b, fs_batch_file& f, int meta_fd, int env_fd,
     b->arena = arena.data;
     b->arena_cap = arena.cap;
     b->arena_len = err < 0 ? start : arena.len;
-    if (err < 0) set_error(f.result, err, syscall, nullptr);
+    if (err < 0) fill_error(f.result, err, syscall, nullptr);
 
     uv_fs_t req;
     int r = uv_fs_close(b->loop, &req, fd, nullptr);
     uv_fs_req_cleanup(&req);
     if (r < 0 && err == 0) {
       b->arena_len = start;
-      set_error(f.result, r, "close", nullptr);
+      fill_error(f.result, r, "close", nullptr);
     }
   }
   f.meta_end = b->arena_len;
@@ -274,7 +272,7 @@ void scan_one(fs_batch_t* b, fs_batch_file& f, int meta_fd, int env_fd,
   int r = lstat_env(b, env_fd, name, f);
   if (r < 0) {
     std::string path = join(b->env_dir, name);
-    set_error(f.env_result, r, "lstat", &path);
+    fill_error(f.env_result, r, "lstat", &path);
   }
 }
 
@@ -318,9 +316,9 @@ void after_work(uv_work_t* req, int status) {
   fs_gate_leave(b->gate);
   if (status < 0) {
     for (fs_batch_file& f : b->files) {
-      if (f.result.error == 0) set_error(f, status, nullptr);
+      if (f.result.error == 0) fail_read(f, status, nullptr);
       if (f.env_result.error == 0) {
-        set_error(f.env_result, status, nullptr, nullptr);
+        fill_error(f.env_result, status, nullptr, nullptr);
       }
     }
     b->arena_len = 0;

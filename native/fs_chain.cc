@@ -1,8 +1,8 @@
 #include "fs_chain.h"
 
-#include <fcntl.h>
-
 #include <algorithm>
+
+#include "fs_flags.h"
 
 namespace {
 
@@ -14,19 +14,14 @@ constexpr size_t kMaxWriteBytes = (size_t(1) << 30) - 4096;
 // keeps each call's copy of the array small.
 constexpr size_t kMaxWriteBufs = 1024;
 
-#ifdef O_CLOEXEC
-constexpr int kCloexec = O_CLOEXEC;
-#else
-constexpr int kCloexec = 0;
-#endif
-
 constexpr int kTmpFlags = UV_FS_O_WRONLY | UV_FS_O_CREAT | UV_FS_O_EXCL |
                           UV_FS_O_NOFOLLOW | kCloexec;
 
 // The steps, in the order a plan runs them. A write_tmp or publish step
 // is one job on a pool thread, which makes the step's calls one after
-// another; the other steps are one request each. Each job's or
-// request's callback starts the next.
+// another; replace and unlink are one request each, and sync_dir waits
+// for dir_sync. Each job's, request's or sync's callback starts the
+// next.
 void run_step(fs_chain_t* c);
 void replace(fs_chain_t* c);
 void unlink_step(fs_chain_t* c);
@@ -157,47 +152,13 @@ void fail_job(fs_chain_t* c) {
 
 // In a job, libuv makes each uv_fs_* call in place, blocking the pool
 // thread, as it does when given no callback; the loop is only recorded
-// in the request. Each returns the call's result and cleans up.
-int open_now(fs_chain_t* c, const char* path, int flags, int mode) {
+// in the request. Makes `call` with `args`, cleans up and returns its
+// result: for write, the count written, which fits an int since a call
+// carries less than 1 GiB.
+template <typename Call, typename... Args>
+int now(fs_chain_t* c, Call call, Args... args) {
   uv_fs_t req;
-  int r = uv_fs_open(c->loop, &req, path, flags, mode, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-// The count written fits an int: a call carries less than 1 GiB.
-int write_now(fs_chain_t* c, uv_file fd, const uv_buf_t* bufs,
-              unsigned n, int64_t offset) {
-  uv_fs_t req;
-  int r = uv_fs_write(c->loop, &req, fd, bufs, n, offset, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int fdatasync_now(fs_chain_t* c, uv_file fd) {
-  uv_fs_t req;
-  int r = uv_fs_fdatasync(c->loop, &req, fd, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int close_now(fs_chain_t* c, uv_file fd) {
-  uv_fs_t req;
-  int r = uv_fs_close(c->loop, &req, fd, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int link_now(fs_chain_t* c, const char* path, const char* dest) {
-  uv_fs_t req;
-  int r = uv_fs_link(c->loop, &req, path, dest, nullptr);
-  uv_fs_req_cleanup(&req);
-  return r;
-}
-
-int unlink_now(fs_chain_t* c, const char* path) {
-  uv_fs_t req;
-  int r = uv_fs_unlink(c->loop, &req, path, nullptr);
+  int r = call(c->loop, &req, args..., nullptr);
   uv_fs_req_cleanup(&req);
   return r;
 }
@@ -234,8 +195,9 @@ void next_step(fs_chain_t* c) {
 //
 // Writes the whole body. A call may take fewer bytes than it was
 // offered, so each call starts where the last one stopped, and no call
-// carries 1 GiB or more, nor more than kMaxWriteBufs buffers. The bytes are the caller's own memory, which
-// it keeps alive until the chain reports.
+// carries 1 GiB or more, nor more than kMaxWriteBufs buffers. The bytes
+// are the caller's own memory, which it keeps alive until the chain
+// reports.
 void write_body(fs_chain_t* c, uv_file fd) {
   const std::vector<uv_buf_t>& bufs = current(c).bufs;
   std::vector<uv_buf_t> iov;
@@ -264,7 +226,7 @@ void write_body(fs_chain_t* c, uv_file fd) {
     }
 
     unsigned n = static_cast<unsigned>(iov.size());
-    int r = write_now(c, fd, iov.data(), n, file_offset);
+    int r = now(c, uv_fs_write, fd, iov.data(), n, file_offset);
     if (r < 0) return job_error(c, r, "write");
 
     // A regular file that takes no byte at all will not take the next
@@ -296,17 +258,17 @@ void write_body(fs_chain_t* c, uv_file fd) {
 // only when all else went well.
 void write_tmp_work(fs_chain_t* c) {
   fs_chain_step& s = current(c);
-  int fd = open_now(c, s.path.c_str(), kTmpFlags, 0600);
+  int fd = now(c, uv_fs_open, s.path.c_str(), kTmpFlags, 0600);
   if (fd < 0) return job_error(c, fd, "open", &s.path);
 
   c->job.made = true;
   write_body(c, fd);
   if (c->job.error == 0) {
-    int r = fdatasync_now(c, fd);
+    int r = now(c, uv_fs_fdatasync, fd);
     if (r < 0) job_error(c, r, "fdatasync");
   }
 
-  int r = close_now(c, fd);
+  int r = now(c, uv_fs_close, fd);
   if (r < 0 && c->job.error == 0) job_error(c, r, "close");
 }
 
@@ -326,11 +288,11 @@ void write_tmp_done(fs_chain_t* c, int status) {
 // message is never written over another.
 void publish_work(fs_chain_t* c) {
   fs_chain_step& s = current(c);
-  int r = link_now(c, s.path.c_str(), s.dest.c_str());
+  int r = now(c, uv_fs_link, s.path.c_str(), s.dest.c_str());
   if (r < 0) return job_error(c, r, "link", &s.path, &s.dest);
 
   c->job.made = true;
-  r = unlink_now(c, s.path.c_str());
+  r = now(c, uv_fs_unlink, s.path.c_str());
   if (r < 0) job_error(c, r, "unlink", &s.path);
 }
 
@@ -390,25 +352,16 @@ void unlink_step(fs_chain_t* c) {
   if (r < 0) not_queued(c, r, "unlink", &s.path);
 }
 
-// sync_dir: wait for an fsync of the directory that starts after this
-// point, which every link and rename of the plan precedes. A name
-// created, removed or renamed is durable only once its directory is
-// synced, so before it a crash could lose a publish whose file data
-// was already safe. The open, fsync and close are dir_sync's, shared
-// with other chains under group commit, else one sync per step.
-// Waiting holds no slot of the gate: the sync takes one for everyone
-// it covers.
-// A failed fsync of the group since the chain's first name change may
-// have dropped that change unwritten while a later fsync, this one too,
-// succeeds (see dir_sync.h): the step then fails with the group's last
-// failure, which is surely one of those.
-// TODO: Windows cannot open or fsync a directory; this step fails there
-// until a platform file decides what sync_dir means on it.
+// Fails the chain with a sync's result; a close error names no path.
 void fail_with(fs_chain_t* c, const fs_result& r) {
   const std::string* path = r.path.empty() ? nullptr : &r.path;
   fail(c, r.error, r.syscall, path);
 }
 
+// A failed fsync of the group since the chain's first name change may
+// have dropped that change unwritten while a later fsync, this one too,
+// succeeds (see dir_sync.h): the step then fails with the group's last
+// failure, which is surely one of those.
 void on_dir_synced(dir_sync_wait* w) {
   fs_chain_t* c = static_cast<fs_chain_t*>(w->data);
   if (w->result.error < 0) return fail_with(c, w->result);
@@ -421,6 +374,16 @@ void on_dir_synced(dir_sync_wait* w) {
   next_step(c);
 }
 
+// sync_dir: wait for an fsync of the directory that starts after this
+// point, which every link and rename of the plan precedes. A name
+// created, removed or renamed is durable only once its directory is
+// synced, so before it a crash could lose a publish whose file data
+// was already safe. The open, fsync and close are dir_sync's, shared
+// with other chains under group commit, else one sync per step.
+// Waiting holds no slot of the gate: the sync takes one for everyone
+// it covers.
+// TODO: Windows cannot open or fsync a directory; this step fails there
+// until a platform file decides what sync_dir means on it.
 void sync_dir(fs_chain_t* c) {
   fs_chain_step& s = current(c);
   c->dir_wait.data = c;

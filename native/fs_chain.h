@@ -1,7 +1,9 @@
 // A plan of file-system steps run as one chain of trips through libuv's
 // pool: a write_tmp or a publish step is one job, whose pool thread
-// makes the step's uv_fs calls one after another; any other step is one
-// uv_fs request. Each trip's callback starts the next, so the caller
+// makes the step's uv_fs calls one after another; a replace or an
+// unlink step is one uv_fs request; a sync_dir step waits for a
+// directory sync, an open request then an fsync and close job (see
+// dir_sync.h). Each trip's callback starts the next, so the caller
 // hears back once per plan. Every trip waits for a slot of the chain's
 // gate, and gives it back when it ends, so a chain holds no slot between
 // two trips, nor while it waits for a shared directory sync. Knows
@@ -66,11 +68,11 @@ struct fs_chain_t {
   std::vector<fs_chain_step> steps;
   void* data = nullptr;
 
-  // The gate every request of the chain passes; the caller holds it
+  // The gate every request and job of the chain passes; the caller holds it
   // until the chain's callback has run.
   fs_gate_t* gate = nullptr;
 
-  // The directory syncs of the chain's store (see dir_sync.h); required.
+  // The directory syncs of the chain's gate (see dir_sync.h); required.
   // With group_commit, sync_dir steps share syncs with the other chains
   // of the group; without, each step syncs alone. Either way a sync_dir
   // step fails when any fsync of the group failed after the chain
@@ -104,9 +106,9 @@ struct fs_chain_t {
 };
 
 // Runs every step in order and then calls cb once, on the loop's thread.
-// On the first failure the chain closes its open file, unlinks the tmp
-// files and published names it created, and reports the failing call.
-// A write_tmp step closes its file within its job, on failure too.
+// On the first failure the chain unlinks the tmp files and published
+// names it created, and reports the failing call. A job closes the
+// files it opens, on failure too.
 // A chain runs once: start a fresh fs_chain_t, never one that has run.
 void fs_chain_start(uv_loop_t* loop, fs_chain_t* chain, fs_chain_cb cb);
 
@@ -116,8 +118,8 @@ void fs_chain_start(uv_loop_t* loop, fs_chain_t* chain, fs_chain_cb cb);
 // which can be cut short. If that completed the plan (it was the last
 // trip or sync, and it succeeded), the chain reports success; else it
 // undoes its work as on failure, with that trip's error or
-// UV_ECANCELED, and calls cb as usual. A chain stopped while
-// it waits for its turn at the gate goes straight to its undo.
+// UV_ECANCELED, and calls cb as usual. A chain stopped while it waits
+// for its turn at the gate starts only its undo when the turn comes.
 void fs_chain_stop(fs_chain_t* chain);
 
 #endif

@@ -1,9 +1,10 @@
 // A gate in front of libuv's thread pool. The pool is small and shared
-// with dns.lookup, fs and crypto, so one store must not fill it: every
-// request of a store passes its gate, which lets at most `cap` of them
-// run at once and queues the rest in order of arrival. A caller holds a
-// slot only while its request runs; waiting for its turn, or for a
-// directory sync shared with others, it holds none.
+// with dns.lookup, fs and crypto, so the stores of a thread must not
+// fill it: every request or job they make passes a gate (by default one
+// that the thread's stores share), which lets at most `cap` of them run
+// at once and queues the rest in order of arrival. A caller holds a
+// slot only while its request or job runs; waiting for its turn, or for
+// a directory sync shared with others, it holds none.
 //
 // A gate belongs to one loop: it is only ever touched on that loop's
 // thread, so it needs no lock. It counts its holders, and the last one
@@ -50,8 +51,8 @@ struct fs_gate_t {
 
 // Calls cb once the caller holds a slot: at once when one is free and
 // no one waits, else when the turns queued before it have had theirs.
-// The caller then submits exactly one request, and calls fs_gate_leave
-// when that request has ended or could not be submitted.
+// The caller then submits exactly one request or job, and calls
+// fs_gate_leave when it has ended or could not be submitted.
 void fs_gate_enter(fs_gate_t* gate, fs_gate_turn* turn, fs_gate_cb cb);
 
 // Gives the caller's slot to the first turn waiting, if any.

@@ -3,6 +3,7 @@ import * as fs from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { types } from 'node:util';
 import { ID_PATTERN } from './format';
 import { Limiter, defaultMaxInFlight } from './limiter';
 import type {
@@ -44,10 +45,6 @@ interface Made {
   published: string[];
 }
 
-// TODO: a worker terminated or a process exiting mid-plan never resumes
-// the awaits, so the undo of the native chain does not happen here and
-// tmp files may stay; the store's startup sweep has to remove them.
-
 interface Waiter {
   resolve: () => void;
   reject: (err: unknown) => void;
@@ -88,13 +85,14 @@ function newShare(maxInFlight: number): Share {
 let defaultShare: Share | null = null;
 
 /**
- * Runs plans with node:fs/promises, one awaited call per system call:
- * the same steps, failure and undo rules, and error codes as the native
- * backend, for where the addon cannot load. Each awaited call takes a
- * slot of the backend's gate, as each request does in the addon: a gate
- * of its own when maxInFlight is given, else the one the thread's other
- * such backends share. Group commit works as there: directory syncs are
- * shared by the plans of one gate.
+ * Runs plans with node:fs/promises: the same steps, failure and undo
+ * rules, and error codes as the native backend, for where the addon
+ * cannot load. Each awaited fs call, and each whole-file read (see
+ * readQueueFile), takes a slot of the backend's gate, as each request
+ * or job does in the addon: a gate of its own when maxInFlight is
+ * given, else the one the thread's other such backends share. Group
+ * commit works as there: directory syncs are shared by the plans of one
+ * gate.
  *
  * As there, a failed directory fsync counts for every plan that had
  * changed a name before it ended: after a failure Linux may drop the
@@ -120,6 +118,11 @@ export class JsBackend implements Backend {
     this.gate = this.share.slots;
   }
 
+  // TODO: a worker terminated or a process exiting mid-plan never
+  // resumes the awaits, so the undo of the native chain does not happen
+  // here: tmp files, and names a publish step made, may stay. load()
+  // later removes the stale tmp files and quarantines an env file left
+  // without its meta.
   async run(steps: Step[]): Promise<void> {
     const plan = copySteps(steps);
     const made: Made = { tmpNames: [], published: [] };
@@ -156,13 +159,7 @@ export class JsBackend implements Backend {
     if (!Array.isArray(paths)) invalid('paths must be an array');
     for (const p of paths) checkPath(p, 'path');
     const files: (Buffer | NodeJS.ErrnoException)[] = [];
-    for (const p of paths) {
-      try {
-        files.push(await this.gate.run(() => readQueueFile(p)));
-      } catch (err) {
-        files.push(err as NodeJS.ErrnoException);
-      }
-    }
+    for (const p of paths) files.push(await this.readOne(p));
     return files;
   }
 
@@ -172,19 +169,12 @@ export class JsBackend implements Backend {
     if (!Array.isArray(paths)) invalid('paths must be an array');
     for (const p of paths) checkPath(p, 'path');
     const stats: (FileStat | NodeJS.ErrnoException)[] = [];
-    for (const p of paths) {
-      try {
-        const st = await this.gate.run(() => fs.lstat(p));
-        stats.push({ size: st.size, ctimeMs: st.ctimeMs });
-      } catch (err) {
-        stats.push(err as NodeJS.ErrnoException);
-      }
-    }
+    for (const p of paths) stats.push(await this.lstatOne(p));
     return stats;
   }
 
-  // The reads and the lstats run side by side, each in turn through
-  // the gate, as two batches of the native backend would.
+  // Each id's read, then its lstat, one slot at a time, as the native
+  // scan does in its one job.
   async scanMeta(
     metaDir: string,
     envDir: string,
@@ -198,11 +188,35 @@ export class JsBackend implements Backend {
         invalid('an id must be 32 lowercase hex digits');
       }
     }
-    const [metas, envStats] = await Promise.all([
-      this.readFiles(ids.map((id) => path.join(metaDir, `${id}.meta`))),
-      this.statFiles(ids.map((id) => path.join(envDir, `${id}.env`))),
-    ]);
+    const metas: MetaScan['metas'] = [];
+    const envStats: MetaScan['envStats'] = [];
+    for (const id of ids) {
+      metas.push(await this.readOne(path.join(metaDir, `${id}.meta`)));
+      envStats.push(await this.lstatOne(path.join(envDir, `${id}.env`)));
+    }
     return { metas, envStats };
+  }
+
+  // A file's bytes, or the error that stopped its read.
+  private async readOne(
+    file: string,
+  ): Promise<Buffer | NodeJS.ErrnoException> {
+    try {
+      return await this.gate.run(() => readQueueFile(file));
+    } catch (err) {
+      return err as NodeJS.ErrnoException;
+    }
+  }
+
+  private async lstatOne(
+    file: string,
+  ): Promise<FileStat | NodeJS.ErrnoException> {
+    try {
+      const st = await this.gate.run(() => fs.lstat(file));
+      return { size: st.size, ctimeMs: st.ctimeMs };
+    } catch (err) {
+      return err as NodeJS.ErrnoException;
+    }
   }
 
   /**
@@ -239,7 +253,9 @@ export class JsBackend implements Backend {
         });
         for (const w of sync.covered) w.resolve();
       } catch (err) {
-        for (const w of sync.covered) w.reject(err);
+        // Each waiter's own copy: a caller may add to the error it gets.
+        const failure = err as NodeJS.ErrnoException;
+        for (const w of sync.covered) w.reject(copyError(failure));
       }
       sync.covered = sync.next;
       sync.next = [];
@@ -311,7 +327,8 @@ function checkPath(value: unknown, key: string): void {
 // Every step is checked and copied before the first one runs, as the
 // native glue does while it converts its arguments: a caller changing
 // the steps or emptying a bufs array afterwards changes nothing. The
-// Buffers themselves are not copied, in either backend.
+// Buffers themselves are not copied, in either backend. Both take only
+// Uint8Arrays (Buffers among them), whose length counts bytes.
 function copySteps(steps: Step[]): Step[] {
   if (!Array.isArray(steps)) invalid('steps must be an array');
   return steps.map((step) => {
@@ -323,7 +340,7 @@ function copySteps(steps: Step[]): Step[] {
         checkPath(step.path, 'path');
         if (
           !Array.isArray(step.bufs) ||
-          !step.bufs.every((b) => ArrayBuffer.isView(b))
+          !step.bufs.every((b) => types.isUint8Array(b))
         ) {
           invalid('step.bufs must be an array of Buffers');
         }
@@ -499,7 +516,8 @@ async function undo(gate: Limiter, made: Made): Promise<void> {
  * Reads a whole file as the native backend does: a directory fails at
  * read with EISDIR, and anything else that is not a regular file (a FIFO,
  * a device) with EINVAL, so that a planted one cannot stall or flood a
- * read of the queue.
+ * read of the queue. Its caller runs it in one slot of the gate: open,
+ * fstat, read and close, as in the one job of a native batch.
  */
 async function readQueueFile(file: string): Promise<Buffer> {
   const handle = await fs.open(file, READ_FLAGS);

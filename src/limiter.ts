@@ -25,7 +25,8 @@ export class Limiter {
 }
 
 /**
- * The default share of libuv's thread pool for one store: the pool size
+ * The default share of libuv's thread pool, held together by the
+ * backends of one thread that leave maxInFlight unset: the pool size
  * (UV_THREADPOOL_SIZE, 4 unless set) less one, at least 1, so that one
  * thread stays free for dns.lookup, fs and crypto.
  */

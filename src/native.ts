@@ -9,9 +9,9 @@ import type {
 } from './plan';
 
 /**
- * A gate of the addon: every request of the calls given it waits for one
- * of its slots. Opaque; it also holds the directory syncs those calls
- * share.
+ * A gate of the addon: every request and job of the calls given it waits
+ * for one of its slots. Opaque; it also holds the directory syncs those
+ * calls share.
  */
 export type RawGate = object & { readonly __gate: unique symbol };
 
@@ -85,17 +85,19 @@ function sharedGate(raw: RawBinding): RawGate {
 }
 
 /**
- * Runs plans as one chain of libuv requests in the addon, returning to
- * JavaScript once per plan. The Buffers of a plan are written from in
- * place, not copied: changing one before the promise settles changes
- * what is written, and transferring or detaching its ArrayBuffer before
- * then may have freed memory written (see {@link RawBinding.run_plan}).
+ * Runs each plan in the addon as one chain of trips through libuv's
+ * pool, jobs and requests, returning to JavaScript once per plan. The
+ * Buffers of a plan are written from in place, not copied: changing one
+ * before the promise settles changes what is written, and transferring
+ * or detaching its ArrayBuffer before then may have freed memory
+ * written (see {@link RawBinding.run_plan}).
  *
- * Every request passes the backend's gate in the addon, which keeps it
- * within {@link BackendOptions.maxInFlight} pool threads: a gate of its
- * own when maxInFlight is given, else the one the thread's other such
- * backends share. With group commit, the directory syncs of the plans
- * of one gate are shared there too: see {@link BackendOptions.groupCommit}.
+ * Every request and job passes the backend's gate in the addon, which
+ * keeps it within {@link BackendOptions.maxInFlight} pool threads: a
+ * gate of its own when maxInFlight is given, else the one the thread's
+ * other such backends share. With group commit, the directory syncs of
+ * the plans of one gate are shared there too: see
+ * {@link BackendOptions.groupCommit}.
  */
 export class NativeBackend implements Backend {
   readonly name = 'native' as const;

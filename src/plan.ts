@@ -83,9 +83,9 @@ export interface BackendOptions {
   groupCommit?: boolean;
   /**
    * The most threads of libuv's pool the backend holds at once: every
-   * file-system request waits for a free slot, first come first served,
-   * and holds it only while it runs. A plan between two requests, or
-   * waiting for a shared directory sync, holds none, so any number of
+   * file-system request or job waits for a free slot, first come first
+   * served, and holds it only while it runs. A plan between two of them,
+   * or waiting for a shared directory sync, holds none, so any number of
    * plans may be under way.
    *
    * Unset, the backend shares one gate with every backend of its kind in

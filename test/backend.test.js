@@ -604,6 +604,57 @@ describe('Backend errors (native and js alike)', () => {
     assert.equal(envSizes[2], 1);
   });
 
+  // The facade adds `retryable` to the error it is given: one object
+  // shared by several plans would be changed for all of them at once.
+  it('gives each plan that one failed sync covered an Error of its own', async () => {
+    for (const name of BACKENDS) {
+      const missing = path.join(dir(), `${name}-missing`);
+      const backend = backendNamed(name);
+      const errors = await Promise.all(
+        [1, 2, 3].map(() =>
+          rejection(backend.run([{ op: 'sync_dir', path: missing }])),
+        ),
+      );
+      assert.equal(new Set(errors).size, 3, `${name}: one Error shared`);
+      for (const err of errors) {
+        assert.deepEqual(shape(err, dir()), shape(errors[0], dir()));
+      }
+      expectShape(shape(errors[0], dir()), 'ENOENT', 'open');
+      assert.equal(errors[0].path, missing);
+    }
+  });
+
+  // Both count a write's bytes, so both take only byte arrays.
+  it('refuses bufs that are not Buffers or Uint8Arrays', async () => {
+    const bad = [
+      new Float64Array(2),
+      new Uint16Array(3),
+      new DataView(new ArrayBuffer(4)),
+      new ArrayBuffer(4),
+      'text',
+    ];
+    for (const name of BACKENDS) {
+      const d = path.join(dir(), name);
+      fs.mkdirSync(d);
+      const backend = backendNamed(name);
+      for (const buf of bad) {
+        await assert.rejects(
+          backend.run([{ op: 'write_tmp', path: `${d}/m.tmp`, bufs: [buf] }]),
+          {
+            name: 'TypeError',
+            code: 'ERR_INVALID_ARG_VALUE',
+            message: 'step.bufs must be an array of Buffers',
+          },
+          `${name}: ${Object.prototype.toString.call(buf)}`,
+        );
+      }
+      assert.deepEqual(fs.readdirSync(d), []);
+      const bytes = new Uint8Array([1, 2, 3, 4]);
+      await backend.run([{ op: 'write_tmp', path: `${d}/m.tmp`, bufs: [bytes] }]);
+      assert.deepEqual([...fs.readFileSync(`${d}/m.tmp`)], [1, 2, 3, 4]);
+    }
+  });
+
   it('gives EACCES from open to a user without permission', function () {
     const d = dir();
     fs.chmodSync(d, 0o755);
@@ -636,6 +687,45 @@ describe('Backend errors (native and js alike)', () => {
     assert.equal(out.native.write.path, `${d}/locked/m.tmp`);
     assert.equal(out.native.read.code, 'EACCES');
     assert.equal(out.native.read.syscall, 'open');
+  });
+});
+
+// plan.ts: a call holds at most one thread of the pool at a time.
+describe('JsBackend#scanMeta()', () => {
+  const dir = useTempDir();
+
+  it('holds one slot of its gate at a time', async () => {
+    const { JsBackend } = require('../dist/js-backend.js');
+    const backend = new JsBackend({ maxInFlight: 4 });
+    const gate = backend.gate;
+    const run = gate.run.bind(gate);
+    let active = 0;
+    let most = 0;
+    gate.run = (task) =>
+      run(async () => {
+        most = Math.max(most, ++active);
+        try {
+          return await task();
+        } finally {
+          active--;
+        }
+      });
+
+    const ids = ['1', '2', '3'].map((c) => c.repeat(32));
+    fs.mkdirSync(`${dir()}/meta`);
+    fs.mkdirSync(`${dir()}/env`);
+    for (const id of ids) {
+      fs.writeFileSync(`${dir()}/meta/${id}.meta`, id);
+      fs.writeFileSync(`${dir()}/env/${id}.env`, 'env');
+    }
+    const { metas, envStats } = await backend.scanMeta(
+      `${dir()}/meta`,
+      `${dir()}/env`,
+      ids,
+    );
+    assert.equal(most, 1);
+    assert.deepEqual(metas.map(String), ids);
+    assert.deepEqual(envStats.map((st) => st.size), [3, 3, 3]);
   });
 });
 

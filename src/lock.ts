@@ -36,13 +36,16 @@ import { threadId } from 'node:worker_threads';
 
 import { LockedError } from './errors';
 
-const LINE = /^slimta-lock 1 pid=(\d{1,10}) thread=(\d{1,16}) sock=([0-9a-f]{32}\.sock)\n$/;
+const LINE = new RegExp(
+  String.raw`^slimta-lock 1 pid=(\d{1,10}) thread=(\d{1,16}) ` +
+    String.raw`sock=([0-9a-f]{32}\.sock)\n$`,
+);
 const SOCK = /^[0-9a-f]{32}\.sock$/;
 /** Bytes of path a socket address holds; libuv cuts longer ones silently. */
 const SUN_PATH_MAX = 107;
 /** Listen errors saying that the directory cannot hold the socket. */
 const NO_SOCKET = new Set(['EPERM', 'EOPNOTSUPP', 'EACCES', 'ENAMETOOLONG']);
-/** A draft lives for a few file operations: one cut short and older is debris. */
+/** A draft lives for a few file operations: one older is debris. */
 const DEBRIS_AGE_MS = 60_000;
 const ATTEMPTS = 5;
 
@@ -63,8 +66,14 @@ const held = new Map<string, Held>();
 /** That identity for each lock file path handed out. */
 const keys = new Map<string, string>();
 
-/** One acquire(): the queue, its lock, the text of ours, sockets of the dead. */
-type Taking = { dir: string; file: string; lockDir: string; text: string; named: Set<string> };
+/** One acquire(): the queue, its lock, our text, sockets of the dead. */
+type Taking = {
+  dir: string;
+  file: string;
+  lockDir: string;
+  text: string;
+  named: Set<string>;
+};
 
 /** Lock calls of this instance run one at a time. */
 let queue: Promise<unknown> = Promise.resolve();
@@ -97,7 +106,9 @@ async function acquire(dir: string): Promise<string> {
   const lockDir = await makeLockDir(dir);
   // Listening first: a lock in place always has its owner's socket behind it.
   const me = await listen(lockDir, dir);
-  const text = `slimta-lock 1 pid=${process.pid} thread=${threadId} sock=${me.name}\n`;
+  const text =
+    `slimta-lock 1 pid=${process.pid} thread=${threadId} ` +
+    `sock=${me.name}\n`;
   const q: Taking = { dir, file, lockDir, text, named: new Set() };
   let kept = false;
   try {
@@ -142,20 +153,27 @@ async function release(file: string): Promise<void> {
  * Returns if the owner or taker `o` is gone; else throws that it is
  * `doing` (and `then` if it lives). `file` names it, to remove by hand.
  */
-async function judge(q: Taking, o: Owner, file: string, doing: string, then: string) {
+async function judge(
+  q: Taking,
+  o: Owner,
+  file: string,
+  doing: string,
+  then: string,
+) {
   q.named.add(o.sock); // swept if it refuses
   const code = await probe(q.lockDir, o.sock);
   if (gone(code)) return;
   const who = `queue '${q.dir}' ${doing} process ${o.pid} (thread ${o.thread})`;
   if (code === null || code === 'EAGAIN') throw new LockedError(who + then);
   throw new LockedError(
-    `${who}, which cannot be checked: connecting to its socket failed (${code}); ` +
-      `once it is known to be gone, remove '${file}' by hand`,
+    `${who}, which cannot be checked: connecting to its socket failed ` +
+      `(${code}); once it is known to be gone, remove '${file}' by hand`,
     { retryable: false },
   );
 }
 
-const gone = (code: string | null) => code === 'ECONNREFUSED' || code === 'ENOENT';
+const gone = (code: string | null) =>
+  code === 'ECONNREFUSED' || code === 'ENOENT';
 
 /**
  * Removes the stale lock `seen` if it is still in place. Only the taker
@@ -165,26 +183,35 @@ const gone = (code: string | null) => code === 'ECONNREFUSED' || code === 'ENOEN
  * two live takers hold one; once it is gone none can harm, as it never
  * comes back: claims are named after its inode and its unique content.
  */
-async function takeOver(q: Taking, seen: { ino: bigint; text: string }): Promise<void> {
-  const hash = createHash('sha256').update(`${seen.ino}\n${seen.text}`).digest('hex');
-  const claim = (n: number) => path.join(q.lockDir, `take.${hash.slice(0, 16)}.${n}`);
+async function takeOver(
+  q: Taking,
+  seen: { ino: bigint; text: string },
+): Promise<void> {
+  const hash = createHash('sha256')
+    .update(`${seen.ino}\n${seen.text}`)
+    .digest('hex');
+  const claim = (n: number) =>
+    path.join(q.lockDir, `take.${hash.slice(0, 16)}.${n}`);
   for (let n = 0; ; n++) {
     if (await create(claim(n), q.text, q.lockDir)) {
       let removed = false;
       try {
         const now = await readLock(q.file);
-        if (now?.ino === seen.ino && now.text === seen.text) await unlinkOr(q.file);
+        if (now?.ino === seen.ino && now.text === seen.text)
+          await unlinkOr(q.file);
         removed = true;
       } finally {
         // Its own claim; once the stale lock is gone, the older ones too.
-        for (let m = removed ? 0 : n; m <= n; m++) await unlinkOr(claim(m)).catch(() => {});
+        for (let m = removed ? 0 : n; m <= n; m++)
+          await unlinkOr(claim(m)).catch(() => {});
       }
       return;
     }
     const other = await readLock(claim(n));
     if (other === null) return; // its taker is done: look again
     const taker = parse(other.text);
-    if (taker) await judge(q, taker, claim(n), 'is being taken over by', '; try again');
+    if (taker)
+      await judge(q, taker, claim(n), 'is being taken over by', '; try again');
   }
 }
 
@@ -197,9 +224,15 @@ async function takeOver(q: Taking, seen: { ino: bigint; text: string }): Promise
  * and its listen). Called holding the lock, so the stale locks that the
  * claims were about are gone.
  */
-async function sweep(lockDir: string, mine: string, named: Set<string>): Promise<void> {
+async function sweep(
+  lockDir: string,
+  mine: string,
+  named: Set<string>,
+): Promise<void> {
   const isOld = async (file: string) =>
-    Date.now() - ((await fs.lstat(file).catch(() => null))?.mtimeMs ?? Infinity) > DEBRIS_AGE_MS;
+    Date.now() -
+      ((await fs.lstat(file).catch(() => null))?.mtimeMs ?? Infinity) >
+    DEBRIS_AGE_MS;
   try {
     const sockets: string[] = [];
     for (const name of await fs.readdir(lockDir)) {
@@ -209,12 +242,16 @@ async function sweep(lockDir: string, mine: string, named: Set<string>): Promise
       } else if (name.startsWith('draft.') || name.startsWith('take.')) {
         const o = parse((await readLock(file))?.text);
         if (o) named.add(o.sock);
-        if (o ? gone(await probe(lockDir, o.sock)) : await isOld(file)) await unlinkOr(file);
+        if (o ? gone(await probe(lockDir, o.sock)) : await isOld(file))
+          await unlinkOr(file);
       }
     }
     for (const name of sockets) {
       const file = path.join(lockDir, name);
-      if ((named.has(name) || (await isOld(file))) && gone(await probe(lockDir, name))) {
+      if (
+        (named.has(name) || (await isOld(file))) &&
+        gone(await probe(lockDir, name))
+      ) {
         await unlinkOr(file);
       }
     }
@@ -244,7 +281,8 @@ async function listen(lockDir: string, dir: string): Promise<Listener> {
     if (!NO_SOCKET.has(code)) throw err;
     const why =
       code === 'ENAMETOOLONG'
-        ? `over the ${SUN_PATH_MAX} bytes of a socket address, and no /proc/self/fd`
+        ? `over the ${SUN_PATH_MAX} bytes of a socket address, and no ` +
+          '/proc/self/fd'
         : 'its filesystem may hold no sockets';
     throw new LockedError(
       `queue '${dir}' cannot be locked: its meta directory cannot hold ` +
@@ -257,7 +295,9 @@ async function listen(lockDir: string, dir: string): Promise<Listener> {
 function bind(address: string): Promise<net.Server> {
   return new Promise((resolve, reject) => {
     // A connection only tells that we live; nothing is read from it.
-    const server = net.createServer({ pauseOnConnect: true }, (c) => c.destroy());
+    const server = net.createServer({ pauseOnConnect: true }, (c) =>
+      c.destroy(),
+    );
     server.once('error', reject);
     server.listen(address, () => {
       server.removeListener('error', reject);
@@ -281,7 +321,9 @@ async function probe(lockDir: string, name: string): Promise<string | null> {
       const socket = net.connect({ path: address });
       const done = (code: string | null) => (socket.destroy(), resolve(code));
       socket.once('connect', () => done(null));
-      socket.once('error', (err: NodeJS.ErrnoException) => done(err.code ?? 'EIO'));
+      socket.once('error', (err: NodeJS.ErrnoException) =>
+        done(err.code ?? 'EIO'),
+      );
     });
   try {
     return await withAddress(lockDir, name, connect);
@@ -296,7 +338,11 @@ async function probe(lockDir: string, name: string): Promise<string | null> {
  * `dir` is open, once /proc/self/fd/<fd> is checked to be that
  * directory. Rejects with ENAMETOOLONG when neither will do.
  */
-async function withAddress<T>(dir: string, name: string, fn: (at: string) => Promise<T>) {
+async function withAddress<T>(
+  dir: string,
+  name: string,
+  fn: (at: string) => Promise<T>,
+) {
   const direct = path.join(dir, name);
   if (Buffer.byteLength(direct) <= SUN_PATH_MAX) return fn(direct);
   const handle = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
@@ -307,7 +353,9 @@ async function withAddress<T>(dir: string, name: string, fn: (at: string) => Pro
       fs.stat(via, { bigint: true }).catch(() => null),
     ]);
     if (b === null || a.dev !== b.dev || a.ino !== b.ino) {
-      const err: NodeJS.ErrnoException = new Error(`'${direct}' is too long for a socket address`);
+      const err: NodeJS.ErrnoException = new Error(
+        `'${direct}' is too long for a socket address`,
+      );
       err.code = 'ENAMETOOLONG';
       throw err;
     }
@@ -343,7 +391,11 @@ async function makeLockDir(dir: string): Promise<string> {
  * in `lockDir` is written, then linked into place, which never replaces a
  * file nor shows one half written.
  */
-async function create(file: string, text: string, lockDir: string): Promise<boolean> {
+async function create(
+  file: string,
+  text: string,
+  lockDir: string,
+): Promise<boolean> {
   const draft = path.join(lockDir, `draft.${randomBytes(8).toString('hex')}`);
   await fs.writeFile(draft, text, { flag: 'wx', mode: 0o600 });
   try {
@@ -358,7 +410,9 @@ async function create(file: string, text: string, lockDir: string): Promise<bool
 }
 
 /** A lock or claim file's inode and content; null when there is none. */
-async function readLock(file: string): Promise<{ ino: bigint; text: string } | null> {
+async function readLock(
+  file: string,
+): Promise<{ ino: bigint; text: string } | null> {
   let handle: fs.FileHandle;
   try {
     // Non-blocking, so that a FIFO planted there cannot hang the open.

@@ -406,6 +406,18 @@ async function create(
     throw err;
   } finally {
     await unlinkOr(draft).catch(() => {});
+    // Best effort, so that a power cut leaves no draft behind: the lock
+    // itself needs no durability (a lost or cut-short one is stale).
+    await syncDir(lockDir).catch(() => {});
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 

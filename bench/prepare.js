@@ -12,9 +12,9 @@
  *     files   DIR/env, DIR/meta and DIR/ids.json, then DIR/files.done
  *     sqlite  DIR/queue.sqlite, then DIR/sqlite.done; made from the files
  *             when these are already there
- *     warm    read every file once, so that the cells meet a warm page
- *             cache as they do right after the files were written (not
- *             done when this run wrote them)
+ *     warm    read every file once, so that a cell meets a warm page
+ *             cache (run.js runs this part alone before each cell that
+ *             reads the queue; COUNT and BODY_BYTES are then unused)
  */
 
 const fs = require('node:fs');
@@ -146,6 +146,5 @@ if (parts.has('files') && !filesReady) {
   writeSqliteFromFiles();
   report.wroteSqlite = count;
 }
-// Files written just now are in the page cache already.
-if (parts.has('warm') && !report.wrote) report.warmed = warm();
+if (parts.has('warm')) report.warmed = warm();
 process.send?.({ type: 'result', result: report });

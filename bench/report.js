@@ -123,8 +123,8 @@ const NOTES = [
     'messages prepared beforehand (warm page cache); sqlite: SELECT id, ts ' +
     'of every row. The load and get queues are kept in bench/.scratch ' +
     'between runs and reused while the format and prepare.js are unchanged ' +
-    '(`--clean` removes them); a reused queue is read through once first, ' +
-    'to warm the page cache.',
+    '(`--clean` removes them); a queue is read through right before each ' +
+    'cell that reads it, to warm the page cache.',
   'write-50m-c1: one 50 MiB message; p50 = p99 = its write() time; ' +
     '"in write()" is the peak RSS during write() less the RSS right before ' +
     "it, with the caller's message already built and its garbage collected: " +

@@ -404,7 +404,10 @@ async function runCell(cell, ctx, label) {
       }
     } else {
       const spec = { ...cell, dir };
-      if (cell.prepared) spec.queueDir = ctx.prepared[cell.prepared];
+      if (cell.prepared) {
+        spec.queueDir = ctx.prepared[cell.prepared];
+        await warmPrepared(spec.queueDir, label);
+      }
       r = await runChild(
         path.join(__dirname, 'child.js'),
         [JSON.stringify(spec)],
@@ -483,7 +486,7 @@ async function prepare(ctx, queues, needed) {
       progress(`removing an outdated or unfinished prepared queue ${entry}`);
       fs.rmSync(other, { recursive: true, force: true });
     }
-    const parts = ['files', ...(ctx.sqliteSkipped ? [] : ['sqlite']), 'warm'];
+    const parts = ['files', ...(ctx.sqliteSkipped ? [] : ['sqlite'])];
     const reused = fs.existsSync(path.join(dir, 'files.done'));
     progress(
       reused
@@ -497,6 +500,20 @@ async function prepare(ctx, queues, needed) {
     );
     ctx.prepared[name] = dir;
   }
+}
+
+/**
+ * Reads a prepared queue through right before a cell reads it: the write
+ * cells before it push it out of the page cache, and a cell should meet
+ * the same warm cache whichever contender it runs.
+ */
+async function warmPrepared(queueDir, label) {
+  progress(`${label}: warming the page cache`);
+  await runChild(
+    path.join(__dirname, 'prepare.js'),
+    [queueDir, '0', '0', 'warm'],
+    `warming ${path.basename(queueDir)}`,
+  );
 }
 
 function cleanPrepared(scratchRoot) {

@@ -48,11 +48,20 @@ const QUICK = {
   ],
 };
 
+/**
+ * load() of a million messages with 50,000 entries of junk beside them:
+ * only when --workload names it (load-1m), since its queue takes minutes
+ * to prepare and about 8 GB of disk (kept, like the others, until
+ * --clean). Native backend only: the pure-JS one takes minutes.
+ */
+const BIG_LOAD = { count: 1_000_000, junk: 50_000 };
+
 /** The queues prepare.js writes before the read cells. */
 function preparedQueues(mode) {
   return {
     load: { count: mode.loadCount, bodyBytes: BODY_BYTES['1k'] },
     get: { count: mode.getCount, bodyBytes: BODY_BYTES['32k'] },
+    'load-junk': { ...BIG_LOAD, bodyBytes: BODY_BYTES['1k'] },
   };
 }
 
@@ -86,6 +95,14 @@ function planCells(quick) {
     bodyBytes: queues.load.bodyBytes,
     prepared: 'load',
     expected: queues.load.count,
+  });
+
+  add('load', 'load-1m-junk', ['native'], {
+    bodyBytes: queues['load-junk'].bodyBytes,
+    prepared: 'load-junk',
+    expected: BIG_LOAD.count,
+    junk: BIG_LOAD.junk,
+    optIn: true,
   });
 
   add('get', 'get-32k-c16', READERS, {

@@ -145,15 +145,25 @@ const workloads = {
     return result(await closedLoop(op));
   },
 
-  /** The queue was written by prepare.js; only opening and load() count. */
+  /**
+   * The queue was written by prepare.js; only opening and load() count.
+   * RSS growth is the peak during load() less the RSS right before it.
+   */
   async load(store) {
     const stop = await startMeasure();
+    const peak = watchPeakRss();
     await store.load(() => done++);
+    const { baselineMb, peakMb } = peak.stop();
     const measured = await stop();
     if (done !== cell.expected) {
       throw new Error(`load() yielded ${done} of ${cell.expected} messages`);
     }
-    return result({ messages: done, ...measured });
+    if (cell.junk) checkJunk();
+    return result({
+      messages: done,
+      ...measured,
+      rssGrowthMb: peakMb - baselineMb,
+    });
   },
 };
 
@@ -185,6 +195,51 @@ function readPeakRssMb() {
 }
 
 /**
+ * Watches the RSS from now: the baseline is the RSS of now, the peak the
+ * higher of the kernel's high-water mark (VmHWM, reset here where Linux
+ * allows it) and the RSS sampled every millisecond until stop().
+ */
+function watchPeakRss() {
+  const kernelPeak = resetPeakRss();
+  const baselineMb = rssMb();
+  let sampledPeakMb = baselineMb;
+  const sampler = setInterval(() => {
+    sampledPeakMb = Math.max(sampledPeakMb, rssMb());
+  }, 1);
+  return {
+    stop() {
+      clearInterval(sampler);
+      sampledPeakMb = Math.max(sampledPeakMb, rssMb());
+      const kernelPeakMb = kernelPeak ? readPeakRssMb() : null;
+      return {
+        baselineMb,
+        sampledPeakMb,
+        kernelPeakMb,
+        peakMb: Math.max(sampledPeakMb, kernelPeakMb ?? 0),
+        method: kernelPeak ? 'VmHWM reset at baseline' : 'sampled every 1 ms',
+      };
+    },
+  };
+}
+
+/** Every junk entry prepare.js made is still there, and nothing moved. */
+function checkJunk() {
+  const names = JSON.parse(
+    fs.readFileSync(path.join(cell.queueDir, 'junk.json'), 'utf8'),
+  );
+  if (names.length !== cell.junk) {
+    throw new Error(`junk.json names ${names.length} of ${cell.junk} entries`);
+  }
+  for (const name of names) fs.lstatSync(path.join(cell.queueDir, name));
+  for (const sub of ['env', 'meta']) {
+    const quarantine = path.join(cell.queueDir, sub, '.quarantine');
+    if (fs.existsSync(quarantine) && fs.readdirSync(quarantine).length) {
+      throw new Error(`load() quarantined files in ${quarantine}`);
+    }
+  }
+}
+
+/**
  * One message of 50 MiB, to see what write() itself holds. The caller's
  * message is built first and the garbage of building it collected; the
  * baseline is the RSS right before write() is called, and the peak is the
@@ -204,22 +259,15 @@ async function big() {
     global.gc();
   }
   const stop = await startMeasure();
-  const kernelPeak = resetPeakRss();
-  const baselineMb = rssMb();
-  let sampledPeakMb = baselineMb;
-  const sampler = setInterval(() => {
-    sampledPeakMb = Math.max(sampledPeakMb, rssMb());
-  }, 1);
+  const peak = watchPeakRss();
   const t0 = performance.now();
   await store.write(env, Date.now() / 1000);
   const ms = performance.now() - t0;
-  clearInterval(sampler);
-  sampledPeakMb = Math.max(sampledPeakMb, rssMb());
-  const kernelPeakMb = kernelPeak ? readPeakRssMb() : null;
+  const { baselineMb, sampledPeakMb, kernelPeakMb, peakMb, method } =
+    peak.stop();
   const measured = await stop();
   done = 1;
   await store.close();
-  const peakMb = Math.max(sampledPeakMb, kernelPeakMb ?? 0);
   return {
     messages: 1,
     ...measured,
@@ -231,7 +279,7 @@ async function big() {
     peakInWriteMb: peakMb,
     sampledPeakMb,
     kernelPeakMb,
-    peakMethod: kernelPeak ? 'VmHWM reset at baseline' : 'sampled every 1 ms',
+    peakMethod: method,
     aboveBaselineMb: peakMb - baselineMb,
     messageMb: cell.bodyBytes / 2 ** 20,
   };

@@ -7,9 +7,11 @@
  * same messages. run.js keeps them between runs (they are read, never
  * changed, by the cells), so this runs once per queue and format.
  *
- * Usage: node bench/prepare.js DIR COUNT BODY_BYTES PARTS
+ * Usage: node bench/prepare.js DIR COUNT BODY_BYTES PARTS [JUNK]
  *   PARTS: comma-separated, of
- *     files   DIR/env, DIR/meta and DIR/ids.json, then DIR/files.done
+ *     files   DIR/env, DIR/meta and DIR/ids.json, then DIR/files.done;
+ *             with JUNK, that many entries that are not the queue's
+ *             beside them, named in DIR/junk.json (see writeJunk)
  *     sqlite  DIR/queue.sqlite, then DIR/sqlite.done; made from the files
  *             when these are already there
  *     warm    read every file once, so that a cell meets a warm page
@@ -30,10 +32,11 @@ const {
 } = require('./contenders');
 const { makeEnvelope } = require('./message');
 
-const [dir, countArg, bytesArg, partsArg = 'files,sqlite'] =
+const [dir, countArg, bytesArg, partsArg = 'files,sqlite', junkArg = '0'] =
   process.argv.slice(2);
 const count = Number(countArg);
 const bodyBytes = Number(bytesArg);
+const junk = Number(junkArg);
 const parts = new Set(partsArg.split(','));
 
 const FILES_DONE = path.join(dir, 'files.done');
@@ -92,11 +95,48 @@ function writeFiles(withSqlite) {
   }
   db?.finish();
   fs.writeFileSync(path.join(dir, 'ids.json'), JSON.stringify(ids));
+  if (junk > 0) writeJunk(ids);
   // Write back now, so that the cells measured next do not pay for it;
   // the markers go last, so that a run stopped halfway is seen as such.
   execFileSync('sync');
   fs.writeFileSync(FILES_DONE, JSON.stringify({ count, bodyBytes, now }));
   if (db) fs.writeFileSync(SQLITE_DONE, '');
+}
+
+/**
+ * `junk` entries in the env and meta directories that load() must pass
+ * over without yielding, moving or reading them: dot-files, stray tmp
+ * names, names one character off the queue's own, and subdirectories
+ * named as messages are. Their paths, relative to DIR, go in junk.json.
+ */
+function writeJunk(ids) {
+  const hex = () => randomBytes(16).toString('hex');
+  const kinds = [
+    (i) => `.junk-${i}`,
+    () => `${hex()}.meta.tmp`,
+    () => `${hex()}.env.4242.0123abcd.tmp`,
+    () => `${hex().toUpperCase()}.meta`,
+    () => `${hex().slice(1)}.env`,
+    (i) => `${ids[i % ids.length]}.meta.bak`,
+    (i) => `${ids[i % ids.length]}.env~`,
+  ];
+  const names = [];
+  // Two subdirectories with the names of messages, one in each directory.
+  for (const [sub, suffix] of [
+    [metaDir, '.meta'],
+    [envDir, '.env'],
+  ]) {
+    const name = path.join(path.basename(sub), hex() + suffix);
+    fs.mkdirSync(path.join(dir, name));
+    names.push(name);
+  }
+  for (let i = names.length; i < junk; i++) {
+    const sub = i % 2 ? envDir : metaDir;
+    const name = path.join(path.basename(sub), kinds[i % kinds.length](i));
+    fs.writeFileSync(path.join(dir, name), 'not a queue file\n');
+    names.push(name);
+  }
+  fs.writeFileSync(path.join(dir, 'junk.json'), JSON.stringify(names));
 }
 
 /** The same rows as writeFiles() would have inserted, from its files. */

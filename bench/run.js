@@ -55,7 +55,9 @@ const program = new Command()
   .option(
     '--workload <names>',
     'comma-separated workloads, cell ids or their leading parts: ' +
-      'write, life, load, get, write-32k, write-32k-c128, ...',
+      'write, life, load, get, write-32k, write-32k-c128, ...; ' +
+      'load-1m (a million messages beside 50,000 junk entries; about 8 GB ' +
+      'of disk) runs only when named',
     list(),
   )
   .option(
@@ -98,14 +100,20 @@ function positiveInt(value) {
   return n;
 }
 
+/**
+ * The cells --only and --workload pick. An opt-in cell runs only when
+ * --workload names it by its id or a leading part longer than its
+ * workload's name (load-1m, not load).
+ */
 function selectCells(cells) {
+  const named = (c, w) => c.id === w || c.id.startsWith(`${w}-`);
   return cells.filter(
     (c) =>
       (!opts.only || opts.only.includes(c.contender)) &&
-      (!opts.workload ||
-        opts.workload.some(
-          (w) => c.workload === w || c.id === w || c.id.startsWith(`${w}-`),
-        )),
+      (c.optIn
+        ? opts.workload?.some((w) => w !== c.workload && named(c, w))
+        : !opts.workload ||
+          opts.workload.some((w) => c.workload === w || named(c, w))),
   );
 }
 
@@ -470,12 +478,14 @@ function preparedStamp(bodyBytes) {
  * Queues of an older stamp, or left half-made by an interrupted run, are
  * removed first.
  */
-async function prepare(ctx, queues, needed) {
+async function prepare(ctx, queues, cells) {
+  const needed = new Set(cells.map((c) => c.prepared));
   const root = path.join(ctx.scratchRoot, 'prepared');
   fs.mkdirSync(root, { recursive: true });
   for (const [name, q] of Object.entries(queues)) {
     if (!needed.has(name)) continue;
-    const prefix = `${name}-${q.count}-${q.bodyBytes}-`;
+    const prefix =
+      `${name}-${q.count}-${q.bodyBytes}-` + (q.junk ? `${q.junk}-` : '');
     const dir = path.join(root, prefix + preparedStamp(q.bodyBytes));
     for (const entry of fs.readdirSync(root)) {
       const other = path.join(root, entry);
@@ -486,7 +496,10 @@ async function prepare(ctx, queues, needed) {
       progress(`removing an outdated or unfinished prepared queue ${entry}`);
       fs.rmSync(other, { recursive: true, force: true });
     }
-    const parts = ['files', ...(ctx.sqliteSkipped ? [] : ['sqlite'])];
+    const sqlite = cells.some(
+      (c) => c.prepared === name && c.contender === 'sqlite',
+    );
+    const parts = ['files', ...(sqlite && !ctx.sqliteSkipped ? ['sqlite'] : [])];
     const reused = fs.existsSync(path.join(dir, 'files.done'));
     progress(
       reused
@@ -495,7 +508,13 @@ async function prepare(ctx, queues, needed) {
     );
     await runChild(
       path.join(__dirname, 'prepare.js'),
-      [dir, String(q.count), String(q.bodyBytes), parts.join(',')],
+      [
+        dir,
+        String(q.count),
+        String(q.bodyBytes),
+        parts.join(','),
+        String(q.junk ?? 0),
+      ],
       `preparing ${name}`,
     );
     ctx.prepared[name] = dir;
@@ -685,7 +704,7 @@ async function main() {
     if (cells.some((c) => c.contender === 'ceiling')) {
       ctx.ceiling = buildCeiling(scratch);
     }
-    await prepare(ctx, queues, new Set(cells.map((c) => c.prepared)));
+    await prepare(ctx, queues, cells);
     const order = schedule(
       cells.filter((c) => !skipped(c)),
       opts.repeat,

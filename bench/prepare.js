@@ -14,9 +14,7 @@
  *             beside them, named in DIR/junk.json (see writeJunk)
  *     sqlite  DIR/queue.sqlite, then DIR/sqlite.done; made from the files
  *             when these are already there
- *     warm    read every file once, so that a cell meets a warm page
- *             cache (run.js runs this part alone before each cell that
- *             reads the queue; COUNT and BODY_BYTES are then unused)
+ * bench/warm.js reads a queue back into the page cache before a cell.
  */
 
 const fs = require('node:fs');
@@ -153,28 +151,6 @@ function writeSqliteFromFiles() {
   fs.writeFileSync(SQLITE_DONE, '');
 }
 
-/** Reads every file of the queue once, into the page cache. */
-function warm() {
-  let files = 0;
-  for (const sub of [envDir, metaDir]) {
-    // The stores that read the queue leave their .tmp directory there.
-    for (const entry of fs.readdirSync(sub, { withFileTypes: true })) {
-      if (!entry.isFile()) continue;
-      fs.readFileSync(path.join(sub, entry.name));
-      files++;
-    }
-  }
-  if (fs.existsSync(SQLITE_FILE)) {
-    // Read in pieces: the database may be larger than one Buffer.
-    const fd = fs.openSync(SQLITE_FILE, 'r');
-    const buf = Buffer.allocUnsafe(1 << 20);
-    while (fs.readSync(fd, buf, 0, buf.length, null) > 0);
-    fs.closeSync(fd);
-    files++;
-  }
-  return files;
-}
-
 const filesReady = fs.existsSync(FILES_DONE);
 const sqliteReady = fs.existsSync(SQLITE_DONE);
 const report = {};
@@ -186,5 +162,4 @@ if (parts.has('files') && !filesReady) {
   writeSqliteFromFiles();
   report.wroteSqlite = count;
 }
-if (parts.has('warm')) report.warmed = warm();
 process.send?.({ type: 'result', result: report });

@@ -129,8 +129,10 @@ const NOTES = [
     'messages prepared beforehand (warm page cache); sqlite: SELECT id, ts ' +
     'of every row. The load and get queues are kept in bench/.scratch ' +
     'between runs and reused while the format and prepare.js are unchanged ' +
-    '(`--clean` removes them); a queue is read through right before each ' +
-    'cell that reads it, to warm the page cache.',
+    '(`--clean` removes them); right before each cell that reads a queue, ' +
+    'its files are read through (for load, its meta files read and its ' +
+    'envelope files lstat\'ed), to warm the page cache. load-1m-junk ' +
+    '(opt-in): RSS growth is the peak during load() less the RSS before.',
   'write-50m-c1: one 50 MiB message; p50 = p99 = its write() time; ' +
     '"in write()" is the peak RSS during write() less the RSS right before ' +
     "it, with the caller's message already built and its garbage collected: " +

@@ -414,7 +414,7 @@ async function runCell(cell, ctx, label) {
       const spec = { ...cell, dir };
       if (cell.prepared) {
         spec.queueDir = ctx.prepared[cell.prepared];
-        await warmPrepared(spec.queueDir, label);
+        await warmPrepared(spec.queueDir, cell.workload, label);
       }
       r = await runChild(
         path.join(__dirname, 'child.js'),
@@ -526,11 +526,11 @@ async function prepare(ctx, queues, cells) {
  * cells before it push it out of the page cache, and a cell should meet
  * the same warm cache whichever contender it runs.
  */
-async function warmPrepared(queueDir, label) {
+async function warmPrepared(queueDir, workload, label) {
   progress(`${label}: warming the page cache`);
   await runChild(
-    path.join(__dirname, 'prepare.js'),
-    [queueDir, '0', '0', 'warm'],
+    path.join(__dirname, 'warm.js'),
+    [queueDir, workload],
     `warming ${path.basename(queueDir)}`,
   );
 }

@@ -62,7 +62,8 @@ const program = new Command()
   )
   .option(
     '--scratch <dir>',
-    'where queues are made; must be a real disk, not tmpfs',
+    'where queues are made; a real disk for write cells (on tmpfs an ' +
+      'fsync costs nothing; a run of read cells only may use it)',
     path.join('bench', '.scratch'),
   )
   .option(

@@ -52,7 +52,8 @@ const QUICK = {
  * load() of a million messages with 50,000 entries of junk beside them:
  * only when --workload names it (load-1m), since its queue takes minutes
  * to prepare and about 8 GB of disk (kept, like the others, until
- * --clean). Native backend only: the pure-JS one takes minutes.
+ * --clean). The same size with --quick: the targets are for a million.
+ * Native backend only: the pure-JS one takes minutes.
  */
 const BIG_LOAD = { count: 1_000_000, junk: 50_000 };
 

@@ -108,6 +108,7 @@ function writeFiles(withSqlite) {
  * named as messages are. Their paths, relative to DIR, go in junk.json.
  */
 function writeJunk(ids) {
+  if (junk < 2) throw new Error('JUNK counts two subdirectories: at least 2');
   const hex = () => randomBytes(16).toString('hex');
   const kinds = [
     (i) => `.junk-${i}`,

@@ -86,10 +86,11 @@ function moment(after) {
  * the teardown came as the last plan was issued, that plan had no time to
  * publish, so the batch cannot be complete.
  */
-function assertTornDown(r, after, complete) {
+function assertTornDown(r, dir, after, complete) {
   const { resolved } = JSON.parse(r.stdout);
-  if (after > 0) assert.equal(resolved, after);
-  assert.ok(complete >= resolved, `${complete} complete, ${resolved} resolved`);
+  for (const i of resolved) {
+    assert.ok(fs.existsSync(path.join(dir, `${i}.msg`)), `plan ${i} resolved`);
+  }
   if (after === 0) assert.ok(complete < 1000, 'the last plan published');
 }
 
@@ -340,7 +341,7 @@ for (const name of BACKENDS) {
           assert.equal(r.signal, null, r.stderr);
           assert.equal(r.status, 0, r.stderr);
           const { names, complete } = checkBatch(d, 1000);
-          assertTornDown(r, after, complete);
+          assertTornDown(r, d, after, complete);
           if (name === 'native') {
             // The chains undo what they had not finished.
             assert.equal(names.length, complete);
@@ -367,7 +368,7 @@ for (const name of BACKENDS) {
           assert.equal(r.signal, null, r.stderr);
           assert.equal(r.status, 7, r.stderr);
           const { complete } = checkBatch(d, 1000);
-          assertTornDown(r, after, complete);
+          assertTornDown(r, d, after, complete);
         });
       }
     });

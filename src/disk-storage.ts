@@ -43,6 +43,7 @@ import { Limiter, defaultMaxInFlight } from './limiter';
 import { loadNative, nativeLoadError } from './native';
 import { acquireLock, releaseLock } from './lock';
 import type { Backend, BackendOptions, FileStat, Step } from './plan';
+import { syncDir } from './sync-dir';
 
 const debug = debuglog('slimta');
 
@@ -1250,16 +1251,6 @@ function realDir(dir: string): string {
     const parent = path.dirname(dir);
     if (parent === dir) return dir;
     return path.join(realDir(parent), path.basename(dir));
-  }
-}
-
-/** fsyncs a directory, so that the names made in it are durable. */
-async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

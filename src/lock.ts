@@ -35,6 +35,7 @@ import * as path from 'node:path';
 import { threadId } from 'node:worker_threads';
 
 import { LockedError } from './errors';
+import { syncDir } from './sync-dir';
 
 const LINE = new RegExp(
   String.raw`^slimta-lock 1 pid=(\d{1,10}) thread=(\d{1,16}) ` +
@@ -409,15 +410,6 @@ async function create(
     // Best effort, so that a power cut leaves no draft behind: the lock
     // itself needs no durability (a lost or cut-short one is stale).
     await syncDir(lockDir).catch(() => {});
-  }
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

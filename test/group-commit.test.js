@@ -22,6 +22,14 @@ const WRITES = 200;
 
 const hasStrace = spawnSync('strace', ['-V']).status === 0;
 
+/** A mocha before() hook: the suite skips, saying why, without strace. */
+function skipWithoutStrace() {
+  if (!hasStrace) {
+    console.log('    (skipped: strace is not installed)');
+    this.skip();
+  }
+}
+
 function rawBinding() {
   return require('node-gyp-build')(root);
 }
@@ -285,12 +293,7 @@ describe('group commit', () => {
       this.timeout(120000);
       const dir = useTempDir();
 
-      before(function () {
-        if (!hasStrace) {
-          console.log('    (skipped: strace is not installed)');
-          this.skip();
-        }
-      });
+      before(skipWithoutStrace);
 
       it(`syncs each directory fewer than ${WRITES / 4} times for ${WRITES} writes at the default options`, () => {
         const t = traceWrites(dir(), io, 'on');
@@ -323,12 +326,7 @@ describe('group commit', () => {
       this.timeout(120000);
       const dir = useTempDir();
 
-      before(function () {
-        if (!hasStrace) {
-          console.log('    (skipped: strace is not installed)');
-          this.skip();
-        }
-      });
+      before(skipWithoutStrace);
 
       for (const group of ['on', 'off']) {
         it(`fails the plans it covered and a plan that unlinked before it (group commit ${group})`, () => {
@@ -364,12 +362,7 @@ describe('group commit', () => {
       this.timeout(120000);
       const dir = useTempDir();
 
-      before(function () {
-        if (!hasStrace) {
-          console.log('    (skipped: strace is not installed)');
-          this.skip();
-        }
-      });
+      before(skipWithoutStrace);
 
       // The first three fsyncs are the store's start and a first write
       // alone; the fourth and the sixth fall among staggered writes.
@@ -418,12 +411,7 @@ describe('group commit', () => {
       this.timeout(120000);
       const dir = useTempDir();
 
-      before(function () {
-        if (!hasStrace) {
-          console.log('    (skipped: strace is not installed)');
-          this.skip();
-        }
-      });
+      before(skipWithoutStrace);
 
       // As a write's: a kill between the two unlinks must not leave a
       // meta without its env.
